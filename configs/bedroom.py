@@ -1,0 +1,20 @@
+"""LSUN Bedroom 128x128, paper-scale DiT-B/4 denoiser, global batch 128.
+
+Needs the prepared TFDS `lsun/bedroom` dataset; without it the run stops and says how to prepare it.
+"""
+
+from jdiffrep import config as config_lib
+
+
+def get_config():
+  config = config_lib.base_config()
+  config.name = 'bedroom'
+  config.dataset.name = 'bedroom'
+  config.dataset.resolution = 128
+  config.model.name = 'B/4'  # 1024 tokens at 128x128
+  config.model.dtype = 'bfloat16'
+  config.batch_size = 128
+  config.num_train_steps = 550_000
+  config.sample_every_steps = 10_000
+  config.checkpoint_every_steps = 5_000
+  return config

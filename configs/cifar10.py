@@ -1,0 +1,20 @@
+"""CIFAR-10 32x32, DiT-S/2 denoiser (256 tokens), global batch 128.
+
+Needs the prepared TFDS `cifar10` dataset; without it the run stops and says how to prepare it.
+"""
+
+from jdiffrep import config as config_lib
+
+
+def get_config():
+  config = config_lib.base_config()
+  config.name = 'cifar10'
+  config.dataset.name = 'cifar10'
+  config.dataset.resolution = 32
+  config.model.name = 'S/2'
+  config.model.dtype = 'bfloat16'
+  config.batch_size = 128
+  config.num_train_steps = 400_000
+  config.sample_every_steps = 10_000
+  config.checkpoint_every_steps = 5_000
+  return config

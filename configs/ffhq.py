@@ -1,0 +1,20 @@
+"""FFHQ 128x128, paper-scale DiT-B/4 denoiser, global batch 128.
+
+Needs a prepared TFDS `ffhq` dataset; without it the run stops and says how to prepare it.
+"""
+
+from jdiffrep import config as config_lib
+
+
+def get_config():
+  config = config_lib.base_config()
+  config.name = 'ffhq'
+  config.dataset.name = 'ffhq'
+  config.dataset.resolution = 128
+  config.model.name = 'B/4'  # 1024 tokens at 128x128
+  config.model.dtype = 'bfloat16'
+  config.batch_size = 128
+  config.num_train_steps = 500_000
+  config.sample_every_steps = 10_000
+  config.checkpoint_every_steps = 5_000
+  return config

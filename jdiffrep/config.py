@@ -1,0 +1,98 @@
+"""Shared base configuration; every file in `configs/` states only what differs from it.
+
+Configs are data (an `ml_collections.ConfigDict`), never code paths: the trainer reads fields,
+the dataset config selects a registered dataset, the model name selects a DiT size.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+VALID_METHODS = ('ddpm',)
+VALID_SCHEDULES = ('linear', 'cosine')
+VALID_DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns the defaults every config starts from (paper-scale optimiser, small model)."""
+  config = ml_collections.ConfigDict()
+  config.name = 'base'
+  config.method = 'ddpm'
+  config.seed = 0
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = 'shapes'
+  config.dataset.resolution = 32
+  config.dataset.data_dir = ml_collections.config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+  # TFDS builder config, e.g. '32_small' for shapes; None: derived from the resolution.
+  config.dataset.tfds_config = ml_collections.config_dict.placeholder(str)
+  config.dataset.random_flip = True
+  config.dataset.read_threads = 4
+  config.dataset.prefetch_batches = 4
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'XS/4'  # DiT size / patch, see jdiffrep.models.dit.DIT_SIZES
+  config.model.dtype = 'float32'  # activations; parameters are always float32
+  config.model.attention_impl = ml_collections.config_dict.placeholder(str)  # None (XLA) or 'cudnn'
+
+  config.diffusion = ml_collections.ConfigDict()
+  config.diffusion.schedule = 'linear'
+  config.diffusion.num_timesteps = 1000
+  config.diffusion.beta_start = 1e-4
+  config.diffusion.beta_end = 0.02
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.learning_rate = 1e-4
+  config.optim.warmup_steps = 0
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.999
+  config.optim.weight_decay = 0.0
+  config.optim.grad_clip_norm = 0.0  # 0 disables clipping
+  config.optim.ema_decay = 0.9999
+
+  config.batch_size = 128  # global, over all devices and processes
+  config.num_train_steps = 100_000
+
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  config.sample_every_steps = 5000  # 0 disables intermediate sample grids; a final grid is always written
+
+  config.sample = ml_collections.ConfigDict()
+  config.sample.num_images = 64
+  config.sample.ddim_steps = 50
+  config.sample.eta = 0.0
+
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1  # -1: all devices not used by the other axes
+  config.mesh.fsdp = 1
+  return config
+
+
+def _check_choice(path: str, value, valid) -> None:
+  if value not in valid:
+    raise ValueError(f'config.{path}={value!r} is not valid; choose one of {list(valid)}.')
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the bad field and its valid values, before anything is built."""
+  from jdiffrep.data import registry  # pylint: disable=g-import-not-at-top
+  from jdiffrep.models import dit  # pylint: disable=g-import-not-at-top
+
+  _check_choice('method', config.method, VALID_METHODS)
+  _check_choice('dataset.name', config.dataset.name, sorted(registry.DATASETS))
+  _check_choice('diffusion.schedule', config.diffusion.schedule, VALID_SCHEDULES)
+  _check_choice('model.dtype', config.model.dtype, VALID_DTYPES)
+  dit.parse_model_name(config.model.name)
+  for field in ('batch_size', 'num_train_steps', 'log_every_steps', 'checkpoint_every_steps',
+                'keep_checkpoints', 'diffusion.num_timesteps', 'sample.num_images',
+                'sample.ddim_steps'):
+    value = config
+    for part in field.split('.'):
+      value = value[part]
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f'config.{field}={value!r} must be a positive integer.')
+  if not 0.0 <= config.optim.ema_decay < 1.0:
+    raise ValueError(f'config.optim.ema_decay={config.optim.ema_decay} must be in [0, 1).')
+  if config.sample.ddim_steps > config.diffusion.num_timesteps:
+    raise ValueError('config.sample.ddim_steps must not exceed config.diffusion.num_timesteps.')

@@ -1,0 +1,251 @@
+"""The training loop, one linear story: mesh, input, model and optimiser, checkpoint, compile, loop.
+
+Everything method-specific (loss, sampling) lives in `jdiffrep.methods`; this file only moves
+batches through one jitted, sharded train step, keeps an EMA of the parameters, checkpoints the
+state together with the input iterator, and reports metrics, throughput and sample grids.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jdiffrep import checkpoint
+from jdiffrep import config as config_lib
+from jdiffrep import images
+from jdiffrep import methods
+from jdiffrep import sharding
+from jdiffrep.data import pipeline
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; a pytree, saved whole in checkpoints."""
+  step: jax.Array  # int32 scalar: number of optimiser updates applied
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  rng: jax.Array  # uint32 [2]: base key; step s uses fold_in(rng, s)
+
+
+def make_optimizer(optim_config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with linear warm-up to a constant rate, optional global-norm clipping."""
+  schedule = optax.warmup_constant_schedule(0.0, optim_config.learning_rate,
+                                            max(optim_config.warmup_steps, 1))
+  if optim_config.warmup_steps == 0:
+    schedule = optax.constant_schedule(optim_config.learning_rate)
+  adamw = optax.adamw(schedule, b1=optim_config.b1, b2=optim_config.b2,
+                      weight_decay=optim_config.weight_decay)
+  if optim_config.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(optim_config.grad_clip_norm), adamw), schedule
+  return adamw, schedule
+
+
+def init_train_state(method, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+  init_rng, train_rng = jax.random.split(rng)
+  params = method.init_params(init_rng)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params),
+                    rng=train_rng)
+
+
+def train_step(state: TrainState, batch: dict, *, method, tx: optax.GradientTransformation,
+               learning_rate: optax.Schedule, ema_decay: float) -> tuple[TrainState, dict]:
+  """One optimiser update on a global batch; returns the new state and scalar metrics."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  (loss, aux), grads = jax.value_and_grad(method.loss, has_aux=True)(state.params, batch, rng)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema_params = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay)
+  metrics = {**aux, 'loss': loss, 'grad_norm': optax.global_norm(grads),
+             'learning_rate': learning_rate(state.step)}
+  return state.replace(step=state.step + 1, params=params, ema_params=ema_params,
+                       opt_state=opt_state), metrics
+
+
+def count_params(params) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def _write_sample_grid(sample_fn, state: TrainState, rng, step: int, workdir: str,
+                       writer: metric_writers.MetricWriter) -> str:
+  samples = pipeline.to_uint8(jax.device_get(sample_fn(state.ema_params, rng)))
+  grid = images.make_grid(samples, upscale=max(1, 128 // samples.shape[1]))
+  writer.write_images(step, {'samples': grid[None]})
+  return images.save_png(os.path.join(workdir, 'samples', f'step_{step:07d}.png'), grid)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config.method` on `config.dataset`, resuming from `workdir` when it has checkpoints.
+
+  Writes TensorBoard scalars and images, PNG sample grids under `workdir/samples/`, checkpoints
+  under `workdir/checkpoints/`, and returns (and writes) `workdir/results.json`.
+  """
+  wall_start = time.time()
+  config_lib.validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  is_chief = jax.process_index() == 0
+  if is_chief:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+
+  # ---------------------------------------------------------------- mesh
+  mesh = sharding.make_mesh(config.mesh)
+  logging.info('Mesh %s over %d devices (%s), %d process(es).', dict(mesh.shape),
+               jax.device_count(), jax.devices()[0].device_kind, jax.process_count())
+  if config.batch_size % sharding.num_batch_shards(mesh):
+    raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the '
+                     f'{sharding.num_batch_shards(mesh)} batch shards of the mesh.')
+
+  # ---------------------------------------------------------------- input pipeline
+  train_iter = pipeline.make_train_iterator(
+      config.dataset, global_batch_size=config.batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  resolution = config.dataset.resolution
+  image_shape = (resolution, resolution, 3)
+
+  # ---------------------------------------------------------------- model and optimiser
+  method = methods.make_method(config, image_shape)
+  tx, learning_rate = make_optimizer(config.optim)
+  replicated = sharding.replicated(mesh)
+  init_fn = jax.jit(lambda rng: init_train_state(method, tx, rng), out_shardings=replicated)
+  state = init_fn(jax.random.PRNGKey(config.seed))
+  num_params = count_params(state.params)
+  logging.info('Model %s: %s trainable parameters.', config.model.name, f'{num_params:,}')
+
+  # ---------------------------------------------------------------- checkpoint
+  manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'),
+                                    max_to_keep=config.keep_checkpoints)
+  restored = checkpoint.restore_latest(manager, state, train_iter)
+  if restored is not None:
+    state = restored
+  start_step = int(jax.device_get(state.step))
+  if start_step > 0:
+    logging.info('Resumed from step %d.', start_step)
+
+  # ---------------------------------------------------------------- compile
+  batch = sharding.global_batch(next(train_iter), mesh)
+  step_fn = jax.jit(
+      lambda s, b: train_step(s, b, method=method, tx=tx, learning_rate=learning_rate,
+                              ema_decay=config.optim.ema_decay),
+      in_shardings=(replicated, sharding.batch_sharding(mesh)),
+      out_shardings=(replicated, replicated), donate_argnums=(0,))
+  compile_start = time.time()
+  compiled_step = step_fn.lower(state, batch).compile()
+  compile_seconds = time.time() - compile_start
+  cost = compiled_step.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
+  flops_per_step = float(cost.get('flops', 0.0)) if cost else 0.0
+  logging.info('Compiled train step in %.1f s (%.3g FLOPs per step per device by XLA).',
+               compile_seconds, flops_per_step)
+  sample_fn = jax.jit(
+      lambda params, rng: method.sample(params, rng, config.sample.num_images,
+                                        ddim_steps=config.sample.ddim_steps,
+                                        eta=config.sample.eta),
+      out_shardings=replicated)
+  sample_rng = jax.random.PRNGKey(config.seed + 1)  # the same noise for every grid
+  if is_chief:
+    writer.write_hparams({k: v for k, v in config.to_dict().items()
+                          if isinstance(v, (int, float, str, bool))})
+
+  # ---------------------------------------------------------------- train loop
+  report_progress = periodic_actions.ReportProgress(
+      num_train_steps=config.num_train_steps, writer=writer, every_steps=config.log_every_steps)
+  pending_metrics: list[dict] = []
+  train_seconds, images_seen, last_loss = 0.0, 0, math.nan
+  interval_start, excluded = time.time(), 0.0
+  sample_paths: list[str] = []
+  step = start_step
+  while step < config.num_train_steps:
+    if batch is None:  # the first batch was already read to compile the step
+      batch = sharding.global_batch(next(train_iter), mesh)
+    with jax.profiler.StepTraceAnnotation('train', step_num=step):
+      state, metrics = compiled_step(state, batch)
+    batch = None  # the iterator now points past this batch: checkpoints must save it so
+    step += 1
+    pending_metrics.append(metrics)
+    report_progress(step, time.time())
+
+    if step % config.log_every_steps == 0 or step == config.num_train_steps:
+      summary = {k: float(np.mean(v)) for k, v in
+                 jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(pending_metrics)).items()}
+      elapsed = time.time() - interval_start - excluded
+      train_seconds += elapsed
+      images_seen += len(pending_metrics) * config.batch_size
+      summary['images_per_sec'] = len(pending_metrics) * config.batch_size / elapsed
+      summary['step_time_ms'] = 1000.0 * elapsed / len(pending_metrics)
+      if not math.isfinite(summary['loss']):
+        raise FloatingPointError(
+            f'Non-finite loss ({summary["loss"]}) in the steps ending at {step}; the last good '
+            f'checkpoint is step {manager.latest_step()} in {manager.directory}. Lower '
+            'config.optim.learning_rate or set config.optim.grad_clip_norm.')
+      last_loss = summary['loss']
+      writer.write_scalars(step, summary)
+      pending_metrics, interval_start, excluded = [], time.time(), 0.0
+
+    pause_start = time.time()
+    preempted = manager.reached_preemption(step)
+    if (step % config.checkpoint_every_steps == 0 or step == config.num_train_steps
+        or preempted):
+      logging.info('Saving checkpoint of step %d.', step)
+      checkpoint.save(manager, step, state, train_iter)
+    if preempted:
+      manager.wait_until_finished()
+      logging.warning('Preemption notice at step %d: checkpoint saved, exiting.', step)
+      break
+    if (config.sample_every_steps and step % config.sample_every_steps == 0
+        and step != config.num_train_steps):
+      with report_progress.timed('sample'):
+        sample_paths.append(_write_sample_grid(sample_fn, state, sample_rng, step, workdir, writer))
+    excluded += time.time() - pause_start
+
+  # ---------------------------------------------------------------- final artifacts
+  final_step = int(jax.device_get(state.step))
+  sample_paths.append(_write_sample_grid(sample_fn, state, sample_rng, final_step, workdir,
+                                         writer))
+  manager.wait_until_finished()
+  writer.flush()
+  results = {
+      'config_name': config.name,
+      'method': config.method,
+      'dataset': config.dataset.name,
+      'model': config.model.name,
+      'num_params': num_params,
+      'devices': jax.device_count(),
+      'device_kind': jax.devices()[0].device_kind,
+      'start_step': start_step,
+      'steps': final_step,
+      'batch_size': config.batch_size,
+      'final_loss': last_loss,
+      'images_per_sec': images_seen / train_seconds if train_seconds else None,
+      'compile_seconds': compile_seconds,
+      'xla_flops_per_step': flops_per_step,
+      'wall_seconds': time.time() - wall_start,
+      'artifacts': {
+          'checkpoints': str(manager.directory),
+          'samples': sample_paths,
+          'tensorboard': os.path.abspath(workdir),
+          'config': os.path.abspath(os.path.join(workdir, 'config.json')),
+      },
+  }
+  if is_chief:
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(results, f, indent=2)
+  logging.info('Done: %s', json.dumps(results))
+  manager.close()
+  writer.close()
+  return results

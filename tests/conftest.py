@@ -1,0 +1,39 @@
+"""Shared test set-up: two fake CPU devices, and a small `shapes` dataset the tests write."""
+
+import os
+
+# Must happen before JAX initialises its backend: two host devices make every train test shard
+# its batch for real.
+if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_force_host_platform_device_count=2').strip()
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+@pytest.fixture(scope='session')
+def shapes_data_dir(tmp_path_factory) -> str:
+  """A fresh data dir holding `shapes/32_small` (512 / 64 / 64 examples), prepared for real."""
+  from jdiffrep.data import shapes_builder  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  shapes_builder.prepare_shapes(data_dir, '32_small')
+  return data_dir
+
+
+@pytest.fixture
+def tiny_config(shapes_data_dir):
+  """The default shapes config, shrunk so a run takes seconds on 2 CPU cores."""
+  from configs import shapes  # pylint: disable=g-import-not-at-top
+  config = shapes.get_config()
+  config.dataset.data_dir = shapes_data_dir
+  config.dataset.tfds_config = '32_small'
+  config.dataset.read_threads = 2
+  config.model.name = 'XXS/8'
+  config.batch_size = 16
+  config.num_train_steps = 8
+  config.log_every_steps = 4
+  config.checkpoint_every_steps = 4
+  config.sample_every_steps = 0
+  config.sample.num_images = 4
+  config.sample.ddim_steps = 4
+  return config
