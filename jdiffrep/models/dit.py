@@ -40,261 +40,357 @@ _xavier_uniform = nn.initializers.xavier_uniform()
 _time_mlp_init = nn.initializers.normal(stddev=0.02)
 # torch's xavier_uniform_ on w.view(D, -1): fan_in = p*p*C, fan_out = D.
 _patch_conv_init = nn.initializers.variance_scaling(
-    1.0, 'fan_avg', 'uniform', in_axis=(0, 1, 2), out_axis=-1)
+    1.0, 'fan_avg', 'uniform', in_axis=(0, 1, 2), out_axis=-1
+)
 
 
 # ----------------------------------------------------------------------------- pure helpers
 
+
 def parse_model_name(name: str) -> tuple[int, int, int, int]:
-    """'S/2' -> (depth, hidden_size, num_heads, patch_size)."""
-    valid = f"valid sizes: {sorted(DIT_SIZES)}; valid patches: {list(PATCH_SIZES)} (e.g. 'S/2')"
-    size, sep, patch = str(name).partition('/')
-    if not sep or size not in DIT_SIZES or not patch.isdigit() or int(patch) not in PATCH_SIZES:
-        raise ValueError(f'Bad DiT model name {name!r}; {valid}.')
-    depth, hidden, heads = DIT_SIZES[size]
-    return depth, hidden, heads, int(patch)
+  """'S/2' -> (depth, hidden_size, num_heads, patch_size)."""
+  valid = f"valid sizes: {sorted(DIT_SIZES)}; valid patches: {list(PATCH_SIZES)} (e.g. 'S/2')"
+  size, sep, patch = str(name).partition('/')
+  if not sep or size not in DIT_SIZES or not patch.isdigit() or int(patch) not in PATCH_SIZES:
+    raise ValueError(f'Bad DiT model name {name!r}; {valid}.')
+  depth, hidden, heads = DIT_SIZES[size]
+  return depth, hidden, heads, int(patch)
 
 
-def timestep_embedding(t: jax.Array, dim: int = TIME_FREQUENCY_DIM,
-                       max_period: float = 10000) -> jax.Array:
-    """Sinusoidal embedding of time-steps, DiT order [cos, sin].
+def timestep_embedding(
+    t: jax.Array, dim: int = TIME_FREQUENCY_DIM, max_period: float = 10000
+) -> jax.Array:
+  """Sinusoidal embedding of time-steps, DiT order [cos, sin].
 
-    t: [B] int or float. Returns [B, dim] float32 (zero-padded by one column if dim is odd).
-    """
-    half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-    args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
-    embedding = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
-    if dim % 2:
-        embedding = jnp.concatenate([embedding, jnp.zeros_like(embedding[:, :1])], axis=-1)
-    return embedding
+  t: [B] int or float. Returns [B, dim] float32 (zero-padded by one column if dim is odd).
+  """
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
+  embedding = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    embedding = jnp.concatenate([embedding, jnp.zeros_like(embedding[:, :1])], axis=-1)
+  return embedding
 
 
 def _sincos_1d(embed_dim: int, pos: np.ndarray) -> np.ndarray:
-    """pos: [M] -> [M, embed_dim] as concat[sin(pos * omega), cos(pos * omega)]."""
-    omega = np.arange(embed_dim // 2, dtype=np.float64) / (embed_dim / 2.0)
-    omega = 1.0 / 10000 ** omega
-    out = np.einsum('m,d->md', pos.reshape(-1).astype(np.float64), omega)
-    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+  """pos: [M] -> [M, embed_dim] as concat[sin(pos * omega), cos(pos * omega)]."""
+  omega = np.arange(embed_dim // 2, dtype=np.float64) / (embed_dim / 2.0)
+  omega = 1.0 / 10000**omega
+  out = np.einsum('m,d->md', pos.reshape(-1).astype(np.float64), omega)
+  return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
 
 def sincos_pos_embed_2d(embed_dim: int, grid_h: int, grid_w: int) -> np.ndarray:
-    """Fixed 2-D sin-cos position embedding, DiT's get_2d_sincos_pos_embed for any grid.
+  """Fixed 2-D sin-cos position embedding, DiT's get_2d_sincos_pos_embed for any grid.
 
-    Returns [grid_h * grid_w, embed_dim] float32, tokens row-major over (h, w). As in DiT, the
-    first half of the channels encodes the w (column) coordinate, the second half the h (row) one.
-    """
-    if embed_dim % 4:
-        raise ValueError(f'embed_dim must be divisible by 4 for a 2-D sin-cos embedding, got {embed_dim}.')
-    grid = np.meshgrid(np.arange(grid_w, dtype=np.float32), np.arange(grid_h, dtype=np.float32))
-    emb_first = _sincos_1d(embed_dim // 2, grid[0])   # grid[0][r, c] = c
-    emb_second = _sincos_1d(embed_dim // 2, grid[1])  # grid[1][r, c] = r
-    return np.concatenate([emb_first, emb_second], axis=1).astype(np.float32)
+  Returns [grid_h * grid_w, embed_dim] float32, tokens row-major over (h, w). As in DiT, the
+  first half of the channels encodes the w (column) coordinate, the second half the h (row) one.
+  """
+  if embed_dim % 4:
+    raise ValueError(
+        f'embed_dim must be divisible by 4 for a 2-D sin-cos embedding, got {embed_dim}.'
+    )
+  grid = np.meshgrid(np.arange(grid_w, dtype=np.float32), np.arange(grid_h, dtype=np.float32))
+  emb_first = _sincos_1d(embed_dim // 2, grid[0])  # grid[0][r, c] = c
+  emb_second = _sincos_1d(embed_dim // 2, grid[1])  # grid[1][r, c] = r
+  return np.concatenate([emb_first, emb_second], axis=1).astype(np.float32)
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
-    """x: [B, L, D], shift/scale: [B, D] -> x * (1 + scale) + shift."""
-    return x * (1 + scale[:, None]) + shift[:, None]
+  """x: [B, L, D], shift/scale: [B, D] -> x * (1 + scale) + shift."""
+  return x * (1 + scale[:, None]) + shift[:, None]
 
 
 def unpatchify(x: jax.Array, grid_h: int, grid_w: int, patch_size: int, channels: int) -> jax.Array:
-    """[B, h*w, p*p*C] (per-token order (p, q, c)) -> [B, h*p, w*p, C], as DiT's unpatchify."""
-    p = patch_size
-    x = x.reshape(x.shape[0], grid_h, grid_w, p, p, channels)
-    x = jnp.transpose(x, (0, 1, 3, 2, 4, 5))
-    return x.reshape(x.shape[0], grid_h * p, grid_w * p, channels)
+  """[B, h*w, p*p*C] (per-token order (p, q, c)) -> [B, h*p, w*p, C], as DiT's unpatchify."""
+  p = patch_size
+  x = x.reshape(x.shape[0], grid_h, grid_w, p, p, channels)
+  x = jnp.transpose(x, (0, 1, 3, 2, 4, 5))
+  return x.reshape(x.shape[0], grid_h * p, grid_w * p, channels)
 
 
 def _layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
-    """LayerNorm without affine parameters, eps 1e-6."""
-    return nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=dtype, name=name)
+  """LayerNorm without affine parameters, eps 1e-6."""
+  return nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=dtype, name=name)
 
 
 # ----------------------------------------------------------------------------- modules
 
-class PatchEmbed(nn.Module):
-    """[B, H, W, C] -> tokens [B, (H/p)*(W/p), D] via a conv with kernel = stride = p."""
-    patch_size: int
-    hidden_size: int
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        p = self.patch_size
-        x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding='VALID',
-                    kernel_init=_patch_conv_init, bias_init=_zeros,
-                    dtype=self.dtype, param_dtype=self.param_dtype, name='proj')(x)
-        return x.reshape(x.shape[0], -1, self.hidden_size)
+class PatchEmbed(nn.Module):
+  """[B, H, W, C] -> tokens [B, (H/p)*(W/p), D] via a conv with kernel = stride = p."""
+
+  patch_size: int
+  hidden_size: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    p = self.patch_size
+    x = nn.Conv(
+        self.hidden_size,
+        (p, p),
+        strides=(p, p),
+        padding='VALID',
+        kernel_init=_patch_conv_init,
+        bias_init=_zeros,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name='proj',
+    )(x)
+    return x.reshape(x.shape[0], -1, self.hidden_size)
 
 
 class TimestepEmbedder(nn.Module):
-    """t: [B] -> [B, D]: sinusoidal(256) -> Linear -> SiLU -> Linear, weights N(0, 0.02)."""
-    hidden_size: int
-    frequency_dim: int = TIME_FREQUENCY_DIM
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+  """t: [B] -> [B, D]: sinusoidal(256) -> Linear -> SiLU -> Linear, weights N(0, 0.02)."""
 
-    @nn.compact
-    def __call__(self, t: jax.Array) -> jax.Array:
-        dense = lambda name: nn.Dense(self.hidden_size, kernel_init=_time_mlp_init, bias_init=_zeros,
-                                      dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-        h = dense('mlp_0')(timestep_embedding(t, self.frequency_dim))
-        return dense('mlp_2')(nn.silu(h))
+  hidden_size: int
+  frequency_dim: int = TIME_FREQUENCY_DIM
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, t: jax.Array) -> jax.Array:
+    dense = lambda name: nn.Dense(
+        self.hidden_size,
+        kernel_init=_time_mlp_init,
+        bias_init=_zeros,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=name,
+    )
+    h = dense('mlp_0')(timestep_embedding(t, self.frequency_dim))
+    return dense('mlp_2')(nn.silu(h))
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with fused qkv (bias) and output projection. [B, L, D] -> [B, L, D]."""
-    num_heads: int
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    attention_impl: str | None = None
+  """Multi-head self-attention with fused qkv (bias) and output projection. [B, L, D] -> [B, L, D]."""
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        batch, length, dim = x.shape
-        head_dim = dim // self.num_heads
-        qkv = nn.Dense(3 * dim, kernel_init=_xavier_uniform, bias_init=_zeros,
-                       dtype=self.dtype, param_dtype=self.param_dtype, name='qkv')(x)
-        qkv = qkv.reshape(batch, length, 3, self.num_heads, head_dim)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
-        out = out.reshape(batch, length, dim)
-        return nn.Dense(dim, kernel_init=_xavier_uniform, bias_init=_zeros,
-                        dtype=self.dtype, param_dtype=self.param_dtype, name='proj')(out)
+  num_heads: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  attention_impl: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    batch, length, dim = x.shape
+    head_dim = dim // self.num_heads
+    qkv = nn.Dense(
+        3 * dim,
+        kernel_init=_xavier_uniform,
+        bias_init=_zeros,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name='qkv',
+    )(x)
+    qkv = qkv.reshape(batch, length, 3, self.num_heads, head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
+    out = out.reshape(batch, length, dim)
+    return nn.Dense(
+        dim,
+        kernel_init=_xavier_uniform,
+        bias_init=_zeros,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name='proj',
+    )(out)
 
 
 class Mlp(nn.Module):
-    """fc1 -> GELU(tanh) -> fc2. [B, L, D] -> [B, L, D]."""
-    hidden_features: int
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+  """fc1 -> GELU(tanh) -> fc2. [B, L, D] -> [B, L, D]."""
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        dense = lambda features, name: nn.Dense(features, kernel_init=_xavier_uniform, bias_init=_zeros,
-                                                dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-        h = nn.gelu(dense(self.hidden_features, 'fc1')(x), approximate=True)
-        return dense(x.shape[-1], 'fc2')(h)
+  hidden_features: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dense = lambda features, name: nn.Dense(
+        features,
+        kernel_init=_xavier_uniform,
+        bias_init=_zeros,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=name,
+    )
+    h = nn.gelu(dense(self.hidden_features, 'fc1')(x), approximate=True)
+    return dense(x.shape[-1], 'fc2')(h)
 
 
 class DiTBlock(nn.Module):
-    """adaLN-Zero transformer block. x: [B, L, D], c: [B, D] -> [B, L, D]."""
-    num_heads: int
-    mlp_ratio: float = 4.0
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    attention_impl: str | None = None
+  """adaLN-Zero transformer block. x: [B, L, D], c: [B, D] -> [B, L, D]."""
 
-    @nn.compact
-    def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
-        dim = x.shape[-1]
-        modulation = nn.Dense(6 * dim, kernel_init=_zeros, bias_init=_zeros, dtype=self.dtype,
-                              param_dtype=self.param_dtype, name='adaLN_modulation')(nn.silu(c))
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(modulation, 6, axis=-1)
-        attn = Attention(self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
-                         attention_impl=self.attention_impl, name='attn')
-        mlp = Mlp(int(dim * self.mlp_ratio), dtype=self.dtype, param_dtype=self.param_dtype, name='mlp')
-        x = x + gate_msa[:, None] * attn(modulate(_layer_norm(self.dtype, 'norm1')(x), shift_msa, scale_msa))
-        x = x + gate_mlp[:, None] * mlp(modulate(_layer_norm(self.dtype, 'norm2')(x), shift_mlp, scale_mlp))
-        return x
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  attention_impl: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+    dim = x.shape[-1]
+    modulation = nn.Dense(
+        6 * dim,
+        kernel_init=_zeros,
+        bias_init=_zeros,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name='adaLN_modulation',
+    )(nn.silu(c))
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(
+        modulation, 6, axis=-1
+    )
+    attn = Attention(
+        self.num_heads,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        attention_impl=self.attention_impl,
+        name='attn',
+    )
+    mlp = Mlp(int(dim * self.mlp_ratio), dtype=self.dtype, param_dtype=self.param_dtype, name='mlp')
+    x = x + gate_msa[:, None] * attn(
+        modulate(_layer_norm(self.dtype, 'norm1')(x), shift_msa, scale_msa)
+    )
+    x = x + gate_mlp[:, None] * mlp(
+        modulate(_layer_norm(self.dtype, 'norm2')(x), shift_mlp, scale_mlp)
+    )
+    return x
 
 
 class FinalLayer(nn.Module):
-    """LN -> adaLN (shift, scale) -> Linear(D -> p*p*C_out), zero-initialised. [B, L, D] -> [B, L, p*p*C_out]."""
-    patch_size: int
-    out_channels: int
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+  """LN -> adaLN (shift, scale) -> Linear(D -> p*p*C_out), zero-initialised. [B, L, D] -> [B, L, p*p*C_out]."""
 
-    @nn.compact
-    def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
-        dim = x.shape[-1]
-        modulation = nn.Dense(2 * dim, kernel_init=_zeros, bias_init=_zeros, dtype=self.dtype,
-                              param_dtype=self.param_dtype, name='adaLN_modulation')(nn.silu(c))
-        shift, scale = jnp.split(modulation, 2, axis=-1)
-        x = modulate(_layer_norm(self.dtype, 'norm_final')(x), shift, scale)
-        return nn.Dense(self.patch_size ** 2 * self.out_channels, kernel_init=_zeros, bias_init=_zeros,
-                        dtype=self.dtype, param_dtype=self.param_dtype, name='linear')(x)
+  patch_size: int
+  out_channels: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+    dim = x.shape[-1]
+    modulation = nn.Dense(
+        2 * dim,
+        kernel_init=_zeros,
+        bias_init=_zeros,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name='adaLN_modulation',
+    )(nn.silu(c))
+    shift, scale = jnp.split(modulation, 2, axis=-1)
+    x = modulate(_layer_norm(self.dtype, 'norm_final')(x), shift, scale)
+    return nn.Dense(
+        self.patch_size**2 * self.out_channels,
+        kernel_init=_zeros,
+        bias_init=_zeros,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name='linear',
+    )(x)
 
 
 class DiT(nn.Module):
-    """Diffusion Transformer predicting eps.
+  """Diffusion Transformer predicting eps.
 
-    Params live in `param_dtype`; activations are computed in `dtype`; the output is float32.
-    `attention_impl` is passed to `jax.nn.dot_product_attention(implementation=...)`
-    (None: XLA default; 'cudnn' on GPU).
+  Params live in `param_dtype`; activations are computed in `dtype`; the output is float32.
+  `attention_impl` is passed to `jax.nn.dot_product_attention(implementation=...)`
+  (None: XLA default; 'cudnn' on GPU).
+  """
+
+  depth: int
+  hidden_size: int
+  num_heads: int
+  patch_size: int
+  out_channels: int | None = None
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  attention_impl: str | None = None
+
+  @nn.compact
+  def __call__(
+      self,
+      x: jax.Array,
+      t: jax.Array,
+      cond: jax.Array | None = None,
+      capture_block: int | None = None,
+  ):
+    """x: [B, H, W, C]; t: [B] (or scalar) time-steps; cond: optional [B, hidden_size] added to
+    the time embedding.
+
+    Returns eps: [B, H, W, out_channels] float32, or (eps, tokens) when `capture_block` is i,
+    with tokens: [B, (H/p)*(W/p), hidden_size] the output of block i (0-based), in `dtype`.
     """
-    depth: int
-    hidden_size: int
-    num_heads: int
-    patch_size: int
-    out_channels: int | None = None
-    mlp_ratio: float = 4.0
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    attention_impl: str | None = None
+    self._check_inputs(x, cond, capture_block)
+    batch, height, width, channels = x.shape
+    p = self.patch_size
+    grid_h, grid_w = height // p, width // p
+    out_channels = channels if self.out_channels is None else self.out_channels
+    t = jnp.broadcast_to(jnp.asarray(t), (batch,))
 
-    @nn.compact
-    def __call__(self, x: jax.Array, t: jax.Array, cond: jax.Array | None = None,
-                 capture_block: int | None = None):
-        """x: [B, H, W, C]; t: [B] (or scalar) time-steps; cond: optional [B, hidden_size] added to
-        the time embedding.
+    tokens = PatchEmbed(
+        p, self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype, name='x_embedder'
+    )(x.astype(self.dtype))
+    pos_embed = jnp.asarray(sincos_pos_embed_2d(self.hidden_size, grid_h, grid_w), self.dtype)
+    tokens = tokens + pos_embed[None]
 
-        Returns eps: [B, H, W, out_channels] float32, or (eps, tokens) when `capture_block` is i,
-        with tokens: [B, (H/p)*(W/p), hidden_size] the output of block i (0-based), in `dtype`.
-        """
-        self._check_inputs(x, cond, capture_block)
-        batch, height, width, channels = x.shape
-        p = self.patch_size
-        grid_h, grid_w = height // p, width // p
-        out_channels = channels if self.out_channels is None else self.out_channels
-        t = jnp.broadcast_to(jnp.asarray(t), (batch,))
+    c = TimestepEmbedder(
+        self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype, name='t_embedder'
+    )(t)
+    if cond is not None:
+      c = c + cond.astype(c.dtype)
 
-        tokens = PatchEmbed(p, self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
-                            name='x_embedder')(x.astype(self.dtype))
-        pos_embed = jnp.asarray(sincos_pos_embed_2d(self.hidden_size, grid_h, grid_w), self.dtype)
-        tokens = tokens + pos_embed[None]
+    captured = None
+    for i in range(self.depth):
+      tokens = DiTBlock(
+          self.num_heads,
+          self.mlp_ratio,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          attention_impl=self.attention_impl,
+          name=f'blocks_{i}',
+      )(tokens, c)
+      if i == capture_block:
+        captured = tokens
 
-        c = TimestepEmbedder(self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
-                             name='t_embedder')(t)
-        if cond is not None:
-            c = c + cond.astype(c.dtype)
+    out = FinalLayer(
+        p, out_channels, dtype=self.dtype, param_dtype=self.param_dtype, name='final_layer'
+    )(tokens, c)
+    eps = unpatchify(out, grid_h, grid_w, p, out_channels).astype(jnp.float32)
+    return eps if capture_block is None else (eps, captured)
 
-        captured = None
-        for i in range(self.depth):
-            tokens = DiTBlock(self.num_heads, self.mlp_ratio, dtype=self.dtype, param_dtype=self.param_dtype,
-                              attention_impl=self.attention_impl, name=f'blocks_{i}')(tokens, c)
-            if i == capture_block:
-                captured = tokens
+  def _check_inputs(self, x, cond, capture_block) -> None:
+    """Raise ValueError on inputs the model cannot handle."""
+    if x.ndim != 4:
+      raise ValueError(f'DiT expects images [B, H, W, C], got shape {x.shape}.')
+    height, width = x.shape[1:3]
+    if height % self.patch_size or width % self.patch_size:
+      raise ValueError(
+          f'Image size {height}x{width} is not divisible by patch size {self.patch_size}.'
+      )
+    if self.hidden_size % self.num_heads:
+      raise ValueError(
+          f'hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}.'
+      )
+    if cond is not None and cond.shape != (x.shape[0], self.hidden_size):
+      raise ValueError(
+          f'cond must have shape [B, hidden_size] = {(x.shape[0], self.hidden_size)}, '
+          f'got {cond.shape}.'
+      )
+    if capture_block is not None and not 0 <= capture_block < self.depth:
+      raise ValueError(f'capture_block must be in [0, {self.depth}), got {capture_block}.')
 
-        out = FinalLayer(p, out_channels, dtype=self.dtype, param_dtype=self.param_dtype,
-                         name='final_layer')(tokens, c)
-        eps = unpatchify(out, grid_h, grid_w, p, out_channels).astype(jnp.float32)
-        return eps if capture_block is None else (eps, captured)
-
-    def _check_inputs(self, x, cond, capture_block) -> None:
-        """Raise ValueError on inputs the model cannot handle."""
-        if x.ndim != 4:
-            raise ValueError(f'DiT expects images [B, H, W, C], got shape {x.shape}.')
-        height, width = x.shape[1:3]
-        if height % self.patch_size or width % self.patch_size:
-            raise ValueError(f'Image size {height}x{width} is not divisible by patch size {self.patch_size}.')
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f'hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}.')
-        if cond is not None and cond.shape != (x.shape[0], self.hidden_size):
-            raise ValueError(f'cond must have shape [B, hidden_size] = {(x.shape[0], self.hidden_size)}, '
-                             f'got {cond.shape}.')
-        if capture_block is not None and not 0 <= capture_block < self.depth:
-            raise ValueError(f'capture_block must be in [0, {self.depth}), got {capture_block}.')
-
-    @classmethod
-    def from_name(cls, name: str, **kwargs) -> 'DiT':
-        """DiT.from_name('S/2', out_channels=8) -> DiT of that size and patch."""
-        depth, hidden_size, num_heads, patch_size = parse_model_name(name)
-        return cls(depth=depth, hidden_size=hidden_size, num_heads=num_heads, patch_size=patch_size, **kwargs)
+  @classmethod
+  def from_name(cls, name: str, **kwargs) -> 'DiT':
+    """DiT.from_name('S/2', out_channels=8) -> DiT of that size and patch."""
+    depth, hidden_size, num_heads, patch_size = parse_model_name(name)
+    return cls(
+        depth=depth, hidden_size=hidden_size, num_heads=num_heads, patch_size=patch_size, **kwargs
+    )
 
 
 def dit_from_name(name: str, **kwargs) -> DiT:
-    """'S/2' (+ DiT fields as keyword arguments) -> DiT."""
-    return DiT.from_name(name, **kwargs)
+  """'S/2' (+ DiT fields as keyword arguments) -> DiT."""
+  return DiT.from_name(name, **kwargs)

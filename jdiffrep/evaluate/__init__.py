@@ -1,0 +1,1 @@
+"""Evaluation protocols on frozen representations (SPEC section 5): linear probes and kNN."""
