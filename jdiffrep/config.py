@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ml_collections
 
-VALID_METHODS = ('ddpm',)
+VALID_METHODS = ('ddpm', 'diti', 'pdae')
+EVALUATE_STAGE = 'evaluate'
 VALID_SCHEDULES = ('linear', 'cosine')
 VALID_DTYPES = ('float32', 'bfloat16', 'float16')
 
@@ -19,6 +20,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.name = 'base'
   config.method = 'ddpm'
   config.seed = 0
+  # Stages run in order by `python -m jdiffrep.main`, each in <workdir>/<stage>: method names
+  # and 'evaluate'. Empty: train `config.method` directly in <workdir>.
+  config.pipeline = ()
+  # Per-stage changes to this config, as flattened field paths: {'ddpm': {'num_train_steps': 5}}.
+  config.stage_overrides = ml_collections.ConfigDict()
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = 'shapes'
@@ -40,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.diffusion.num_timesteps = 1000
   config.diffusion.beta_start = 1e-4
   config.diffusion.beta_end = 0.02
+  # What the DiT outputs: 'eps' (DDPM/DiT, the paper setting) or 'v' (Salimans & Ho; easier
+  # for small pixel-space DiTs, whose eps error at t ~ T is amplified by 1/sqrt(abar_t)).
+  config.diffusion.prediction = 'eps'
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 1e-4
@@ -63,6 +72,25 @@ def base_config() -> ml_collections.ConfigDict:
   config.sample.ddim_steps = 50
   config.sample.eta = 0.0
 
+  # DiTi / PDAE (SPEC section 3); PDAE uses one subset and ignores the partition fields.
+  config.diti = ml_collections.ConfigDict()
+  config.diti.latent_dim = 512
+  config.diti.num_subsets = 64
+  config.diti.stage_boundaries = ml_collections.config_dict.placeholder(tuple)  # e.g. (50, ..., 1000)
+  config.diti.stage_dims = ml_collections.config_dict.placeholder(tuple)  # dims per stage
+  config.diti.gradient_mode = 'base'  # or 'stop_grad' (the paper's "balanced" setting)
+  config.diti.encoder = 'conv'  # or 'vit'
+  config.diti.branch_depth = -1  # -1: half the DM's depth
+  config.diti.condition_mode = 'add'  # or 'modulate' (z modulates around the time modulation)
+  config.diti.dm_workdir = ml_collections.config_dict.placeholder(str)  # None: <workdir>/ddpm
+
+  # The 'evaluate' pipeline stage (SPEC section 5).
+  config.evaluate = ml_collections.ConfigDict()
+  config.evaluate.batch_size = 256  # feature extraction
+  config.evaluate.probe_epochs = 15
+  config.evaluate.train_limit = ml_collections.config_dict.placeholder(int)  # None: whole split
+  config.evaluate.reconstruction_images = 32
+
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1  # -1: all devices not used by the other axes
   config.mesh.fsdp = 1
@@ -80,8 +108,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   from jdiffrep.models import dit  # pylint: disable=g-import-not-at-top
 
   _check_choice('method', config.method, VALID_METHODS)
+  for stage in config.pipeline:
+    _check_choice('pipeline stage', stage, VALID_METHODS + (EVALUATE_STAGE,))
+  for stage in config.stage_overrides:
+    _check_choice('stage_overrides key', stage, VALID_METHODS + (EVALUATE_STAGE,))
   _check_choice('dataset.name', config.dataset.name, sorted(registry.DATASETS))
   _check_choice('diffusion.schedule', config.diffusion.schedule, VALID_SCHEDULES)
+  _check_choice('diffusion.prediction', config.diffusion.prediction, ('eps', 'v', 'x0'))
   _check_choice('model.dtype', config.model.dtype, VALID_DTYPES)
   dit.parse_model_name(config.model.name)
   for field in ('batch_size', 'num_train_steps', 'log_every_steps', 'checkpoint_every_steps',
@@ -96,3 +129,31 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.optim.ema_decay={config.optim.ema_decay} must be in [0, 1).')
   if config.sample.ddim_steps > config.diffusion.num_timesteps:
     raise ValueError('config.sample.ddim_steps must not exceed config.diffusion.num_timesteps.')
+
+
+def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
+  """The config of one pipeline stage: `method = stage` plus `config.stage_overrides[stage]`."""
+  result = config.copy_and_resolve_references()
+  with result.unlocked():
+    result.method = stage if stage != EVALUATE_STAGE else config.method
+    result.pipeline = ()
+    result.stage_overrides = ml_collections.ConfigDict()
+  if stage in config.stage_overrides:
+    overrides = _flatten(config.stage_overrides[stage].to_dict())
+    try:
+      result.update_from_flattened_dict(overrides)
+    except (KeyError, AttributeError) as error:
+      raise ValueError(f'config.stage_overrides.{stage} names a field that does not exist: '
+                       f'{error}') from error
+  return result
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  """{'optim': {'learning_rate': 1}} -> {'optim.learning_rate': 1}."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat

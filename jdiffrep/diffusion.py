@@ -85,6 +85,37 @@ def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, eps: jax.Array) ->
   return (jnp.sqrt(abar) * x0 + jnp.sqrt(1 - abar) * eps).astype(x0.dtype)
 
 
+PREDICTIONS = ('eps', 'v', 'x0')
+
+
+def prediction_target(schedule: Schedule, prediction: str, x0: jax.Array, t: jax.Array,
+                      eps: jax.Array) -> jax.Array:
+  """What the network regresses: eps, x0, or v = sqrt(abar) eps - sqrt(1 - abar) x0."""
+  if prediction == 'eps':
+    return eps
+  if prediction == 'x0':
+    return x0
+  if prediction == 'v':
+    abar = _per_example(schedule.alphas_cumprod[t], x0.ndim)
+    return jnp.sqrt(abar) * eps - jnp.sqrt(1 - abar) * x0
+  raise ValueError(f'prediction={prediction!r}; valid: {PREDICTIONS}.')
+
+
+def eps_from_prediction(schedule: Schedule, prediction: str, x_t: jax.Array, t: jax.Array,
+                        output: jax.Array) -> jax.Array:
+  """The network output as eps: eps = sqrt(abar) v + sqrt(1 - abar) x_t for v-prediction,
+  (x_t - sqrt(abar) x0) / sqrt(1 - abar) for x0-prediction."""
+  if prediction == 'eps':
+    return output
+  if prediction == 'x0':
+    abar = _per_example(schedule.alphas_cumprod[t], x_t.ndim)
+    return (x_t - jnp.sqrt(abar) * output) / jnp.sqrt(1 - abar)
+  if prediction == 'v':
+    abar = _per_example(schedule.alphas_cumprod[t], x_t.ndim)
+    return jnp.sqrt(abar) * output + jnp.sqrt(1 - abar) * x_t
+  raise ValueError(f'prediction={prediction!r}; valid: {PREDICTIONS}.')
+
+
 def eps_loss(eps_pred: jax.Array, eps: jax.Array) -> jax.Array:
   """Mean squared error over all elements, in float32. Returns a scalar."""
   return jnp.mean(jnp.square(eps_pred.astype(jnp.float32) - eps.astype(jnp.float32)))

@@ -14,7 +14,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from jdiffrep import train
+from jdiffrep import run
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file, e.g. configs/shapes.py.', lock_config=True)
@@ -27,7 +27,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.info('JAX %s on %d %s device(s).', jax.__version__, jax.device_count(),
                jax.default_backend())
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  run.run(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == '__main__':

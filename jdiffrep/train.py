@@ -62,11 +62,17 @@ def init_train_state(method, tx: optax.GradientTransformation, rng: jax.Array) -
                     rng=train_rng)
 
 
-def train_step(state: TrainState, batch: dict, *, method, tx: optax.GradientTransformation,
-               learning_rate: optax.Schedule, ema_decay: float) -> tuple[TrainState, dict]:
-  """One optimiser update on a global batch; returns the new state and scalar metrics."""
+def train_step(state: TrainState, frozen, batch: dict, *, method,
+               tx: optax.GradientTransformation, learning_rate: optax.Schedule,
+               ema_decay: float) -> tuple[TrainState, dict]:
+  """One optimiser update on a global batch; returns the new state and scalar metrics.
+
+  `frozen` holds parameters the loss reads but never trains (DiTi's DM); they are not in the
+  optimiser state and no gradient is taken with respect to them.
+  """
   rng = jax.random.fold_in(state.rng, state.step)
-  (loss, aux), grads = jax.value_and_grad(method.loss, has_aux=True)(state.params, batch, rng)
+  (loss, aux), grads = jax.value_and_grad(method.loss, has_aux=True)(state.params, frozen, batch,
+                                                                     rng)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema_params = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay)
@@ -80,10 +86,10 @@ def count_params(params) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
-def _write_sample_grid(sample_fn, state: TrainState, rng, step: int, workdir: str,
-                       writer: metric_writers.MetricWriter) -> str:
-  samples = pipeline.to_uint8(jax.device_get(sample_fn(state.ema_params, rng)))
-  grid = images.make_grid(samples, upscale=max(1, 128 // samples.shape[1]))
+def _write_preview_grid(preview_fn, state: TrainState, step: int, workdir: str,
+                        writer: metric_writers.MetricWriter) -> str:
+  samples = pipeline.to_uint8(jax.device_get(preview_fn(state.ema_params)))
+  grid = images.make_grid(samples, num_columns=8, upscale=max(1, 128 // samples.shape[1]))
   writer.write_images(step, {'samples': grid[None]})
   return images.save_png(os.path.join(workdir, 'samples', f'step_{step:07d}.png'), grid)
 
@@ -119,9 +125,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   image_shape = (resolution, resolution, 3)
 
   # ---------------------------------------------------------------- model and optimiser
-  method = methods.make_method(config, image_shape)
+  method = methods.make_method(config, image_shape, workdir=workdir)
   tx, learning_rate = make_optimizer(config.optim)
   replicated = sharding.replicated(mesh)
+  frozen = jax.device_put(method.load_frozen(), replicated)
   init_fn = jax.jit(lambda rng: init_train_state(method, tx, rng), out_shardings=replicated)
   state = init_fn(jax.random.PRNGKey(config.seed))
   num_params = count_params(state.params)
@@ -134,30 +141,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if restored is not None:
     state = restored
   start_step = int(jax.device_get(state.step))
+  results_path = os.path.join(workdir, 'results.json')
+  if start_step >= config.num_train_steps and os.path.exists(results_path):
+    logging.info('%s is already trained to step %d; reusing its results.', workdir, start_step)
+    manager.close()
+    with open(results_path) as f:
+      return json.load(f)
   if start_step > 0:
     logging.info('Resumed from step %d.', start_step)
 
   # ---------------------------------------------------------------- compile
   batch = sharding.global_batch(next(train_iter), mesh)
   step_fn = jax.jit(
-      lambda s, b: train_step(s, b, method=method, tx=tx, learning_rate=learning_rate,
-                              ema_decay=config.optim.ema_decay),
-      in_shardings=(replicated, sharding.batch_sharding(mesh)),
+      lambda s, f, b: train_step(s, f, b, method=method, tx=tx, learning_rate=learning_rate,
+                                 ema_decay=config.optim.ema_decay),
+      in_shardings=(replicated, replicated, sharding.batch_sharding(mesh)),
       out_shardings=(replicated, replicated), donate_argnums=(0,))
   compile_start = time.time()
-  compiled_step = step_fn.lower(state, batch).compile()
+  compiled_step = step_fn.lower(state, frozen, batch).compile()
   compile_seconds = time.time() - compile_start
   cost = compiled_step.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
   flops_per_step = float(cost.get('flops', 0.0)) if cost else 0.0
   logging.info('Compiled train step in %.1f s (%.3g FLOPs per step per device by XLA).',
                compile_seconds, flops_per_step)
-  sample_fn = jax.jit(
-      lambda params, rng: method.sample(params, rng, config.sample.num_images,
-                                        ddim_steps=config.sample.ddim_steps,
-                                        eta=config.sample.eta),
-      out_shardings=replicated)
-  sample_rng = jax.random.PRNGKey(config.seed + 1)  # the same noise for every grid
+  # The same noise and the same images in every preview grid, so grids compare across steps.
+  preview_images = jax.device_put(
+      pipeline.first_images(config.dataset, config.sample.num_images), replicated)
+  preview_jit = jax.jit(method.preview, out_shardings=replicated)
+  preview_fn = lambda params: preview_jit(params, frozen, jax.random.PRNGKey(config.seed + 1),
+                                          preview_images)
   if is_chief:
     writer.write_hparams({k: v for k, v in config.to_dict().items()
                           if isinstance(v, (int, float, str, bool))})
@@ -174,7 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if batch is None:  # the first batch was already read to compile the step
       batch = sharding.global_batch(next(train_iter), mesh)
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
-      state, metrics = compiled_step(state, batch)
+      state, metrics = compiled_step(state, frozen, batch)
     batch = None  # the iterator now points past this batch: checkpoints must save it so
     step += 1
     pending_metrics.append(metrics)
@@ -210,13 +223,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if (config.sample_every_steps and step % config.sample_every_steps == 0
         and step != config.num_train_steps):
       with report_progress.timed('sample'):
-        sample_paths.append(_write_sample_grid(sample_fn, state, sample_rng, step, workdir, writer))
+        sample_paths.append(_write_preview_grid(preview_fn, state, step, workdir, writer))
     excluded += time.time() - pause_start
 
   # ---------------------------------------------------------------- final artifacts
   final_step = int(jax.device_get(state.step))
-  sample_paths.append(_write_sample_grid(sample_fn, state, sample_rng, final_step, workdir,
-                                         writer))
+  sample_paths.append(_write_preview_grid(preview_fn, state, final_step, workdir, writer))
   manager.wait_until_finished()
   writer.flush()
   results = {
@@ -243,7 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       },
   }
   if is_chief:
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    with open(results_path, 'w') as f:
       json.dump(results, f, indent=2)
   logging.info('Done: %s', json.dumps(results))
   manager.close()

@@ -20,12 +20,13 @@ def shapes_data_dir(tmp_path_factory) -> str:
   return data_dir
 
 
-@pytest.fixture
-def tiny_config(shapes_data_dir):
+def small_config(data_dir: str):
   """The default shapes config, shrunk so a run takes seconds on 2 CPU cores."""
   from configs import shapes  # pylint: disable=g-import-not-at-top
-  config = shapes.get_config()
-  config.dataset.data_dir = shapes_data_dir
+  config = shapes.get_config('ddpm')
+  config.pipeline = ()  # tests call the trainer directly unless they set a pipeline
+  config.stage_overrides = {}
+  config.dataset.data_dir = data_dir
   config.dataset.tfds_config = '32_small'
   config.dataset.read_threads = 2
   config.model.name = 'XXS/8'
@@ -36,4 +37,11 @@ def tiny_config(shapes_data_dir):
   config.sample_every_steps = 0
   config.sample.num_images = 4
   config.sample.ddim_steps = 4
+  config.diti.latent_dim = 32
+  config.diti.num_subsets = 4
   return config
+
+
+@pytest.fixture
+def tiny_config(shapes_data_dir):
+  return small_config(shapes_data_dir)

@@ -32,6 +32,7 @@ def _params_of_run(workdir):
 def test_loss_falls_on_shapes(tiny_config):
   """40 AdamW steps on real shapes batches cut the eps loss of a fixed held-out batch."""
   config = tiny_config
+  config.diffusion.prediction = 'eps'  # so the loss at init is E[eps^2] = 1
   config.optim.learning_rate = 2e-3
   mesh = sharding.make_mesh(config.mesh)
   method = methods.make_method(config, (32, 32, 3))
@@ -39,8 +40,8 @@ def test_loss_falls_on_shapes(tiny_config):
   state = train.init_train_state(method, tx, jax.random.PRNGKey(0))
   it = pipeline.make_train_iterator(config.dataset, global_batch_size=16, seed=0)
   held_out = sharding.global_batch(next(it), mesh)
-  fixed_loss = jax.jit(lambda p: method.loss(p, held_out, jax.random.PRNGKey(7))[0])
-  step = jax.jit(lambda s, b: train.train_step(s, b, method=method, tx=tx, learning_rate=lr,
+  fixed_loss = jax.jit(lambda p: method.loss(p, {}, held_out, jax.random.PRNGKey(7))[0])
+  step = jax.jit(lambda s, b: train.train_step(s, {}, b, method=method, tx=tx, learning_rate=lr,
                                                ema_decay=0.9))
   before = float(fixed_loss(state.params))
   np.testing.assert_allclose(before, 1.0, atol=0.1)  # adaLN-Zero: predicts eps = 0 at init
@@ -57,7 +58,8 @@ def test_ema_follows_params(tiny_config):
   tx, lr = train.make_optimizer(tiny_config.optim)
   state = train.init_train_state(method, tx, jax.random.PRNGKey(0))
   batch = {'image': jnp.zeros((4, 32, 32, 3))}
-  new, _ = train.train_step(state, batch, method=method, tx=tx, learning_rate=lr, ema_decay=0.75)
+  new, _ = train.train_step(state, {}, batch, method=method, tx=tx, learning_rate=lr,
+                            ema_decay=0.75)
   for p_old, p_new, ema in zip(*map(jax.tree.leaves, (state.params, new.params, new.ema_params))):
     np.testing.assert_allclose(ema, 0.75 * p_old + 0.25 * p_new, rtol=1e-6, atol=1e-7)
 
@@ -113,7 +115,7 @@ def test_checkpoint_restores_state_and_the_next_batch(tiny_config, tmp_path):
 
 def test_cli_runs_with_overrides(shapes_data_dir, tmp_path):
   workdir = tmp_path / 'run'
-  cmd = [sys.executable, '-m', 'jdiffrep.main', '--config=configs/shapes.py',
+  cmd = [sys.executable, '-m', 'jdiffrep.main', '--config=configs/shapes.py:ddpm',
          f'--workdir={workdir}', f'--config.dataset.data_dir={shapes_data_dir}',
          '--config.dataset.tfds_config=32_small',
          '--config.model.name=XXS/8', '--config.batch_size=8', '--config.num_train_steps=3',
@@ -121,7 +123,8 @@ def test_cli_runs_with_overrides(shapes_data_dir, tmp_path):
          '--config.sample.ddim_steps=2']
   proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  results = json.loads((workdir / 'results.json').read_text())
+  results = json.loads((workdir / 'results.json').read_text())['stages']['ddpm']
+  assert results == json.loads((workdir / 'ddpm' / 'results.json').read_text())
   assert results['steps'] == 3 and results['batch_size'] == 8 and results['model'] == 'XXS/8'
   assert 'Compiled train step' in proc.stderr
 

@@ -72,3 +72,17 @@ def make_train_iterator(dataset_config, *, global_batch_size: int, seed: int,
   read_options = grain.ReadOptions(num_threads=dataset_config.read_threads,
                                    prefetch_buffer_size=dataset_config.prefetch_batches)
   return iter(dataset.to_iter_dataset(read_options))
+
+
+def first_images(dataset_config, num_images: int, split: str | None = None) -> np.ndarray:
+  """The first `num_images` images of `split` (default: the eval split), unflipped.
+
+  [N, R, R, C] float32 in [-1, 1]; the same images every call, for previews that compare.
+  """
+  spec = registry.get_spec(dataset_config.name)
+  source = registry.open_source(dataset_config, split or spec.eval_split)
+  count = min(num_images, len(source))
+  return np.stack([
+      scale_to_unit_interval(registry.crop_and_resize(np.asarray(source[i]['image']), spec,
+                                                      dataset_config.resolution))
+      for i in range(count)])

@@ -36,6 +36,8 @@ class DatasetSpec:
   tfds_name: str
   train_split: str = 'train'
   eval_split: str = 'test'
+  validation_split: str | None = None  # None: probes hold out the last 10% of train
+  attribute_names: tuple[str, ...] | None = None  # names of the binary attributes, if any
   crop: tuple[int, int, int, int] | None = None
   flip_preserves_labels: bool = True
   prepare_hint: str = ''
@@ -47,6 +49,11 @@ def _prepare_shapes(data_dir: str, tfds_config: str) -> None:
   shapes_builder.prepare_shapes(data_dir, tfds_config)
 
 
+def _shapes_attribute_names() -> tuple[str, ...]:
+  from jdiffrep.data import shapes  # pylint: disable=g-import-not-at-top
+  return tuple(shapes.BINARY_ATTRIBUTE_NAMES)
+
+
 def _tfds_build_hint(tfds_name: str, manual: str = '') -> str:
   manual_flag = f' --manual_dir={manual}' if manual else ''
   return (f'tfds build {tfds_name} --data_dir={{data_dir}} --file_format=array_record'
@@ -56,10 +63,11 @@ def _tfds_build_hint(tfds_name: str, manual: str = '') -> str:
 DATASETS: dict[str, DatasetSpec] = {
     'shapes': DatasetSpec(
         name='shapes', tfds_name='shapes/{tfds_config}', eval_split='test',
+        validation_split='validation', attribute_names=_shapes_attribute_names(),
         flip_preserves_labels=False,
         prepare_hint='generated automatically on first use', prepare=_prepare_shapes),
     'celeba': DatasetSpec(
-        name='celeba', tfds_name='celeb_a', eval_split='test',
+        name='celeba', tfds_name='celeb_a', eval_split='test', validation_split='validation',
         # DiTi / PDAE / DiffAE crop of the aligned 178x218 images, then resize.
         crop=(57, 25, 128, 128),
         prepare_hint=_tfds_build_hint('celeb_a', manual='DIR_WITH_img_align_celeba.zip')),

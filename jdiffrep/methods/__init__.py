@@ -1,12 +1,23 @@
 """Training methods; `config.method` selects one by name."""
 
+import functools
+
 from jdiffrep.methods import ddpm
+from jdiffrep.methods import diti
 
-METHODS = {'ddpm': ddpm.DDPM}
+METHODS = {
+    'ddpm': ddpm.DDPM.from_config,
+    'diti': diti.DiTi.from_config,
+    'pdae': functools.partial(diti.DiTi.from_config, pdae=True),
+}
 
 
-def make_method(config, image_shape):
-  """Returns the method object (`init_params`, `loss`, `sample`) that `config.method` names."""
+def make_method(config, image_shape, *, workdir: str = ''):
+  """The method object (`init_params`, `load_frozen`, `loss`, `preview`) `config.method` names.
+
+  `workdir` is the method's own run directory; methods built on another run (DiTi on its DM)
+  find that run relative to it unless the config names it.
+  """
   if config.method not in METHODS:
     raise ValueError(f'Unknown config.method={config.method!r}; valid: {sorted(METHODS)}.')
-  return METHODS[config.method].from_config(config, image_shape)
+  return METHODS[config.method](config, image_shape, workdir=workdir)

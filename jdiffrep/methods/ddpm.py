@@ -1,7 +1,8 @@
 """Plain diffusion model (stage 1 of DiTi): a DiT trained with the eps loss, uniform t.
 
-A method bundles what the trainer needs and nothing else: `init_params`, `loss` and `sample`.
-Everything method-specific lives here, so `train.py` never branches on the method.
+A method bundles what the trainer needs and nothing else: `init_params` (trainable),
+`load_frozen` (parameters that are inputs but never trained), `loss` and `preview` (images to
+look at). Everything method-specific lives in its module, so `train.py` never branches on it.
 """
 
 from __future__ import annotations
@@ -21,32 +22,47 @@ class DDPM:
   model: dit.DiT
   schedule: diffusion.Schedule
   image_shape: tuple[int, int, int]
+  prediction: str = 'eps'  # what the network outputs: 'eps' or 'v' (see diffusion.PREDICTIONS)
+  num_preview: int = 64  # samples per preview grid
+  preview_steps: int = 50  # DDIM steps of the preview samples
+  preview_eta: float = 0.0
 
   @classmethod
-  def from_config(cls, config, image_shape) -> 'DDPM':
+  def from_config(cls, config, image_shape, *, workdir: str = '') -> 'DDPM':
+    del workdir  # a DM needs nothing from other runs
     model = dit.dit_from_name(config.model.name, dtype=jnp.dtype(config.model.dtype),
                               attention_impl=config.model.attention_impl)
     schedule = diffusion.make_schedule(
         config.diffusion.schedule, config.diffusion.num_timesteps,
         config.diffusion.beta_start, config.diffusion.beta_end)
-    return cls(model=model, schedule=schedule, image_shape=tuple(image_shape))
+    return cls(model=model, schedule=schedule, image_shape=tuple(image_shape),
+               prediction=config.diffusion.prediction,
+               num_preview=config.sample.num_images, preview_steps=config.sample.ddim_steps,
+               preview_eta=config.sample.eta)
 
   def init_params(self, rng: jax.Array):
     x = jnp.zeros((1, *self.image_shape), jnp.float32)
     return self.model.init(rng, x, jnp.zeros((1,), jnp.int32))['params']
 
-  def loss(self, params, batch: dict, rng: jax.Array):
-    """Eps-prediction MSE on `batch['image']` [B, H, W, C] in [-1, 1] at uniform t."""
+  def load_frozen(self) -> dict:
+    return {}
+
+  def loss(self, params, frozen, batch: dict, rng: jax.Array):
+    """MSE of the network's target (eps, or v) on `batch['image']` [B, H, W, C] at uniform t."""
+    del frozen
     x0 = batch['image']
     t_rng, eps_rng = jax.random.split(rng)
     t = jax.random.randint(t_rng, (x0.shape[0],), 0, self.schedule.num_timesteps)
     eps = jax.random.normal(eps_rng, x0.shape, jnp.float32)
     x_t = diffusion.q_sample(self.schedule, x0, t, eps)
-    eps_pred = self.model.apply({'params': params}, x_t, t)
-    return diffusion.eps_loss(eps_pred, eps), {}
+    output = self.model.apply({'params': params}, x_t, t)
+    target = diffusion.prediction_target(self.schedule, self.prediction, x0, t, eps)
+    return diffusion.eps_loss(output, target), {}
 
   def eps_fn(self, params):
-    return lambda x, t: self.model.apply({'params': params}, x, t)
+    """(x_t, t) -> eps whatever the network predicts, for DDIM."""
+    return lambda x, t: diffusion.eps_from_prediction(
+        self.schedule, self.prediction, x, t, self.model.apply({'params': params}, x, t))
 
   def sample(self, params, rng: jax.Array, num_images: int, *, ddim_steps: int,
              eta: float = 0.0) -> jax.Array:
@@ -56,3 +72,9 @@ class DDPM:
     x0 = diffusion.ddim_sample(self.eps_fn(params), self.schedule, x_T, num_steps=ddim_steps,
                                eta=eta, rng=ddim_rng, clip_x0=True)
     return jnp.clip(x0, -1.0, 1.0)
+
+  def preview(self, params, frozen, rng: jax.Array, images: jax.Array) -> jax.Array:
+    """Samples to look at: [num_preview, H, W, C] in [-1, 1] (`images` is not needed)."""
+    del frozen, images
+    return self.sample(params, rng, self.num_preview, ddim_steps=self.preview_steps,
+                       eta=self.preview_eta)

@@ -1,0 +1,394 @@
+"""DiTi counterfactual generation (SPEC section 5) and a classifier to read its results.
+
+Images A and B are encoded to z_A and z_B; the dims of one subset group of z_A (a contiguous range
+of time-step subsets, so a range of diffusion steps) are replaced by those of z_B; the result is
+decoded by DDIM from A's inverted noise x_T^A, with z masked by the cumulative mask m(t) at every
+step of inversion and generation. If the representation is disentangled over time-steps, only the
+attributes that the group's steps decide change (coarse ones at late t, fine ones at early t).
+
+`attribute_change_rates` measures that with `train_attribute_classifier`, a small CNN trained on
+the dataset's categorical attributes: for each group and attribute, how often the counterfactual
+takes B's value and how often it keeps A's.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Mapping, NamedTuple, Sequence
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from PIL import Image
+from PIL import ImageDraw
+from PIL import ImageFont
+
+from jdiffrep import diffusion
+from jdiffrep import images as images_lib
+from jdiffrep import timestep_features
+from jdiffrep.data import pipeline
+
+Group = tuple[int, int]  # subsets [start, end)
+# images [N, H, W, C] in [-1, 1] -> {attribute name: predicted class index [N] int}
+ClassifyFn = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+# The official DiTi counterfactual groups for k = 64 subsets (SPEC section 5).
+OFFICIAL_GROUPS_K64: tuple[Group, ...] = ((2, 6), (16, 24), (24, 32), (32, 64))
+DEFAULT_NUM_GROUPS = 4
+
+
+# -------------------------------------------------------------------------------------------------
+# Subset groups.
+# -------------------------------------------------------------------------------------------------
+
+def _groups_from_boundaries(num_subsets: int, boundaries: Sequence[int]) -> list[Group]:
+  """[b_0, b_1, ..., b_G] -> [(b_0, b_1), ..., (b_{G-1}, b_G)], checked."""
+  boundaries = [int(b) for b in boundaries]
+  if len(boundaries) < 2 or any(e <= s for s, e in zip(boundaries, boundaries[1:])):
+    raise ValueError(f'boundaries must hold at least two strictly increasing subset indices; got '
+                     f'{boundaries}.')
+  if boundaries[0] < 0 or boundaries[-1] > num_subsets:
+    raise ValueError(f'boundaries must lie in [0, num_subsets={num_subsets}]; got {boundaries}.')
+  return list(zip(boundaries[:-1], boundaries[1:]))
+
+
+def subset_groups(num_subsets: int, num_groups: int | None = None,
+                  boundaries: Sequence[int] | None = None) -> list[Group]:
+  """Ranges [start, end) of subsets to swap or probe together.
+
+  `boundaries` [b_0, ..., b_G] gives the groups [b_0, b_1), ..., [b_{G-1}, b_G). Otherwise, with
+  k = 64 and no `num_groups`, the official groups [(2, 6), (16, 24), (24, 32), (32, 64)]; else
+  [0, k) cut into `num_groups` (default min(4, k)) contiguous ranges of (nearly) equal size.
+  """
+  if num_groups is not None and boundaries is not None:
+    raise ValueError('Give num_groups (equal split) or boundaries (explicit groups), not both; got '
+                     f'num_groups={num_groups}, boundaries={boundaries}.')
+  if boundaries is not None:
+    return _groups_from_boundaries(num_subsets, boundaries)
+  if num_groups is None and num_subsets == 64:
+    return list(OFFICIAL_GROUPS_K64)
+  num_groups = min(DEFAULT_NUM_GROUPS, num_subsets) if num_groups is None else num_groups
+  if not 1 <= num_groups <= num_subsets:
+    raise ValueError(f'num_groups must be in [1, num_subsets={num_subsets}] so that every group '
+                     f'holds a subset; got {num_groups}.')
+  edges = [g * num_subsets // num_groups for g in range(num_groups + 1)]
+  return list(zip(edges[:-1], edges[1:]))
+
+
+def group_time_range(partition: timestep_features.TimestepPartition,
+                     group: Group) -> tuple[int, int]:
+  """(first_t, last_t), inclusive, of the steps that subsets [start, end) own."""
+  start, end = group
+  if not 0 <= start < end <= partition.num_subsets:
+    raise ValueError(f'A group is a non-empty subset range [start, end) within [0, '
+                     f'{partition.num_subsets}]; got {group}.')
+  first_steps = timestep_features.subset_first_steps(partition.num_subsets,
+                                                     partition.num_timesteps)
+  last_t = partition.num_timesteps - 1 if end == partition.num_subsets else first_steps[end] - 1
+  return int(first_steps[start]), int(last_t)
+
+
+def group_label(partition: timestep_features.TimestepPartition, group: Group) -> str:
+  """A short name for a group by its steps, e.g. 't 250-499'."""
+  first_t, last_t = group_time_range(partition, group)
+  return f't {first_t}-{last_t}'
+
+
+# -------------------------------------------------------------------------------------------------
+# Mixing two representations and two noises.
+# -------------------------------------------------------------------------------------------------
+
+def swap_group(z_a: jax.Array, z_b: jax.Array, mask: jax.Array, alpha: float = 1.0) -> jax.Array:
+  """z_A with the dims where mask = 1 set to lerp(z_A, z_B, alpha). z_*: [B, d]; mask: [d].
+
+  alpha = 0 gives z_A and alpha = 1 z_B's values in the masked dims, both exactly.
+  """
+  mixed = (1.0 - alpha) * z_a + alpha * z_b
+  return jnp.where(jnp.asarray(mask) > 0, mixed, z_a)
+
+
+def slerp(x: jax.Array, y: jax.Array, alpha: float) -> jax.Array:
+  """Spherical interpolation per example of flattened x, y [B, ...] (as DiTi / PDAE do for x_T).
+
+  Follows the angle between x and y; for equal-norm inputs the norm is kept. Falls back to lerp
+  where x and y are (nearly) parallel.
+  """
+  flat_x, flat_y = x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
+  unit = lambda v: v / jnp.linalg.norm(v, axis=-1, keepdims=True)
+  cos = jnp.clip(jnp.sum(unit(flat_x) * unit(flat_y), axis=-1, keepdims=True), -1.0, 1.0)
+  omega = jnp.arccos(cos)
+  sin_omega = jnp.sin(omega)
+  parallel = sin_omega < 1e-6
+  safe_sin = jnp.where(parallel, 1.0, sin_omega)
+  weight_x = jnp.where(parallel, 1.0 - alpha, jnp.sin((1.0 - alpha) * omega) / safe_sin)
+  weight_y = jnp.where(parallel, alpha, jnp.sin(alpha * omega) / safe_sin)
+  return (weight_x * flat_x + weight_y * flat_y).reshape(x.shape)
+
+
+# -------------------------------------------------------------------------------------------------
+# Counterfactuals.
+# -------------------------------------------------------------------------------------------------
+
+def _jitted_ddim(method, num_steps: int):
+  """(invert, decode), each (params, frozen, z [B, d], x [B, H, W, C]) -> [B, H, W, C], jitted.
+
+  z is masked by m(t) at every step (DiTi.conditioned_eps_fn); each compiles once per shape.
+  """
+  def invert(params, frozen, z, x0):
+    eps_fn = method.conditioned_eps_fn(params, frozen, z)
+    return diffusion.ddim_invert(eps_fn, method.schedule, x0, num_steps=num_steps)
+
+  def decode(params, frozen, z, x_T):
+    eps_fn = method.conditioned_eps_fn(params, frozen, z)
+    return diffusion.ddim_sample(eps_fn, method.schedule, x_T, num_steps=num_steps)
+
+  return jax.jit(invert), jax.jit(decode)
+
+
+def counterfactuals(method, params, frozen, images_a: jax.Array, images_b: jax.Array,
+                    groups: Sequence[Group], *, num_steps: int, alpha: float = 1.0,
+                    noise_alpha: float = 0.0) -> dict:
+  """A's reconstruction and, per group, A decoded with that group of z taken from B.
+
+  Args:
+    method: a `DiTi` (encode, conditioned_eps_fn, schedule, partition).
+    params, frozen: its trained params and the frozen DM's.
+    images_a, images_b: [N, H, W, C] in [-1, 1], paired row by row.
+    groups: subset ranges [start, end), e.g. from `subset_groups`.
+    num_steps: DDIM steps, for inversion and generation alike.
+    alpha: the swapped dims are lerp(z_A, z_B, alpha); 1 takes B's values.
+    noise_alpha: x_T = slerp(x_T^A, x_T^B, noise_alpha) (the official interpolation also moves
+      the noise); 0, the default, decodes from A's own x_T^A and skips inverting B.
+
+  Returns:
+    {'reconstruction': [N, H, W, C], 'swapped': [G, N, H, W, C]}, NumPy float32, unclipped
+    (~[-1, 1]). Inversion and decoding are jitted once per call; all G + 1 decodes share one
+    compilation.
+  """
+  images_a, images_b = jnp.asarray(images_a), jnp.asarray(images_b)
+  if images_a.shape != images_b.shape:
+    raise ValueError(f'images_a and images_b must be pairs of the same shape; got '
+                     f'{images_a.shape} and {images_b.shape}.')
+  invert, decode = _jitted_ddim(method, num_steps)
+  encode = jax.jit(method.encode)
+  z_a, z_b = encode(params, images_a), encode(params, images_b)
+  x_T = invert(params, frozen, z_a, images_a)
+  reconstruction = decode(params, frozen, z_a, x_T)
+  if noise_alpha:
+    x_T = slerp(x_T, invert(params, frozen, z_b, images_b), noise_alpha)
+  swapped = [decode(params, frozen, swap_group(z_a, z_b, method.partition.subset_range_mask(*g),
+                                               alpha), x_T)
+             for g in groups]
+  return {'reconstruction': np.asarray(reconstruction), 'swapped': np.stack(swapped)}
+
+
+# -------------------------------------------------------------------------------------------------
+# Showing them.
+# -------------------------------------------------------------------------------------------------
+
+def _label_strip(labels: Sequence[str], column_width: int, padding: int,
+                 height: int = 16) -> np.ndarray:
+  """A white [height, W, 3] uint8 strip with one centred label above each grid column."""
+  width = len(labels) * (column_width + padding) + padding
+  strip = Image.new('RGB', (width, height), 'white')
+  draw = ImageDraw.Draw(strip)
+  font = ImageFont.load_default(size=10)
+  for i, label in enumerate(labels):
+    centre = padding + i * (column_width + padding) + column_width / 2
+    draw.text((centre, height / 2), label, fill='black', font=font, anchor='mm')
+  return np.asarray(strip)
+
+
+def counterfactual_grid(images_a, images_b, result: dict, group_names: Sequence[str], *,
+                        upscale: int = 2, padding: int = 2) -> np.ndarray:
+  """One row per pair: A, B, reconstruction of A, then A with each group swapped in from B.
+
+  Images are [N, H, W, C] in [-1, 1] (`result` from `counterfactuals`); a header names the
+  columns. Returns a uint8 [rows, cols, C] image.
+  """
+  swapped = np.asarray(result['swapped'])
+  if len(group_names) != swapped.shape[0]:
+    raise ValueError(f'Need one name per swapped group ({swapped.shape[0]}); got '
+                     f'{len(group_names)}: {list(group_names)}.')
+  columns = [np.asarray(images_a), np.asarray(images_b), np.asarray(result['reconstruction']),
+             *swapped]
+  table = np.stack(columns, axis=1)  # [N, 3 + G, H, W, C]
+  tiles = pipeline.to_uint8(table.reshape(-1, *table.shape[2:]))
+  if tiles.shape[-1] == 1:
+    tiles = np.repeat(tiles, 3, axis=-1)
+  grid = images_lib.make_grid(tiles, num_columns=table.shape[1], padding=padding, upscale=upscale)
+  header = _label_strip(['A', 'B', 'recon A', *group_names], tiles.shape[2] * upscale, padding)
+  return np.concatenate([header, grid], axis=0)
+
+
+def save_counterfactual_grid(path: str, images_a, images_b, result: dict,
+                             group_names: Sequence[str], **grid_kwargs) -> str:
+  """Writes `counterfactual_grid` as a PNG; returns path."""
+  return images_lib.save_png(path, counterfactual_grid(images_a, images_b, result, group_names,
+                                                       **grid_kwargs))
+
+
+# -------------------------------------------------------------------------------------------------
+# Reading them.
+# -------------------------------------------------------------------------------------------------
+
+def attribute_change_rates(classify: ClassifyFn, images_a, images_b, result: dict,
+                           attribute_names: Sequence[str],
+                           group_names: Sequence[str] | None = None) -> dict:
+  """How often each swapped group carries each attribute from B into A.
+
+  Only pairs whose A and B differ in the attribute (as `classify` reads the originals) count.
+  Returns {group name: {attribute: {'took_b': fraction of those pairs whose counterfactual reads
+  as B's value, 'kept_a': fraction that still reads as A's, 'pairs': their number}}}; the
+  fractions are NaN when no pair differs. Groups are named `group_names`, else 'group_<g>'.
+  """
+  swapped = np.asarray(result['swapped'])
+  if group_names is None:
+    group_names = [f'group_{g}' for g in range(swapped.shape[0])]
+  group_names = list(group_names)
+  if len(group_names) != swapped.shape[0]:
+    raise ValueError(f'Need one name per swapped group ({swapped.shape[0]}); got {group_names}.')
+  read_a, read_b = classify(images_a), classify(images_b)
+  rates = {}
+  for name, swapped_images in zip(group_names, swapped):
+    read_swapped = classify(swapped_images)
+    rates[name] = {attribute: _change_rate(*(np.asarray(r[attribute]) for r in
+                                             (read_a, read_b, read_swapped)))
+                   for attribute in attribute_names}
+  return rates
+
+
+def _change_rate(a: np.ndarray, b: np.ndarray, swapped: np.ndarray) -> dict:
+  """Among pairs with a != b (class indices [N]): fractions where swapped == b, swapped == a."""
+  differ = a != b
+  pairs = int(differ.sum())
+  fraction = lambda hits: float(hits[differ].mean()) if pairs else float('nan')
+  return {'took_b': fraction(swapped == b), 'kept_a': fraction(swapped == a), 'pairs': pairs}
+
+
+# -------------------------------------------------------------------------------------------------
+# The attribute classifier that reads counterfactuals.
+# -------------------------------------------------------------------------------------------------
+
+class AttributeCNN(nn.Module):
+  """Small CNN, one softmax head per categorical attribute. [B, H, W, C] -> {name: logits [B, K]}.
+
+  The first conv (4x4, stride 2) sees every pixel, so 1-px textures survive the downsampling; the
+  flattened final map keeps where things are (position).
+  """
+  num_classes: Mapping[str, int]
+  widths: tuple[int, ...] = (32, 32, 64)
+  hidden: int = 128
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+    x = nn.relu(nn.Conv(self.widths[0], (4, 4), strides=(2, 2))(x))
+    for width in self.widths[1:]:
+      x = nn.relu(nn.Conv(width, (3, 3), strides=(2, 2))(x))
+    x = nn.relu(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
+    return {name: nn.Dense(k, name=f'head_{name}')(x) for name, k in self.num_classes.items()}
+
+
+class TrainedClassifier(NamedTuple):
+  """`classify(images [N, H, W, C] in [-1, 1]) -> {attribute: class index [N]}`, and its test
+  accuracy per attribute (None when no test data was given)."""
+  classify: ClassifyFn
+  test_accuracy: dict[str, float] | None
+
+
+def _classifier_loss(model: AttributeCNN, params, images, labels: dict) -> jax.Array:
+  """Sum over attributes of the mean softmax cross-entropy."""
+  logits = model.apply({'params': params}, images)
+  return sum(optax.softmax_cross_entropy_with_integer_labels(logits[name], labels[name]).mean()
+             for name in logits)
+
+
+def _make_train_step(model: AttributeCNN, optimizer: optax.GradientTransformation, *,
+                     batch_size: int):
+  """Jitted Adam step on a batch drawn (with replacement) from the device-resident data.
+
+  A Python loop over this step: on XLA:CPU a `lax.scan` over conv gradients ran ~25x slower here.
+  """
+  @jax.jit
+  def train_step(params, opt_state, images, labels, key):
+    index = jax.random.randint(key, (batch_size,), 0, images.shape[0])
+    batch_labels = {name: y[index] for name, y in labels.items()}
+    loss, grads = jax.value_and_grad(
+        lambda p: _classifier_loss(model, p, images[index], batch_labels))(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return train_step
+
+
+def _batched_classify(model: AttributeCNN, params, batch_size: int = 256) -> ClassifyFn:
+  """Predicts in fixed-size, zero-padded batches, so the jitted core compiles once."""
+  predict = jax.jit(lambda x: {name: jnp.argmax(logits, axis=-1)
+                               for name, logits in model.apply({'params': params}, x).items()})
+
+  def classify(images) -> dict[str, np.ndarray]:
+    images = np.asarray(images, np.float32)
+    outputs = []
+    for start in range(0, images.shape[0], batch_size):
+      batch = images[start:start + batch_size]
+      count = batch.shape[0]
+      padded = np.concatenate([batch, np.zeros((batch_size - count, *batch.shape[1:]),
+                                               np.float32)])
+      outputs.append({k: np.asarray(v)[:count] for k, v in predict(padded).items()})
+    return {name: np.concatenate([o[name] for o in outputs]) for name in model.num_classes}
+
+  return classify
+
+
+def classifier_accuracy(classify: ClassifyFn, images, labels: Mapping[str, np.ndarray]
+                        ) -> dict[str, float]:
+  """Top-1 accuracy per attribute of `classify` on labelled images."""
+  predictions = classify(images)
+  return {name: float(np.mean(predictions[name] == np.asarray(y))) for name, y in labels.items()}
+
+
+def train_attribute_classifier(train_images, train_labels: Mapping[str, np.ndarray],
+                               num_classes: Mapping[str, int], *, steps: int = 2000,
+                               batch_size: int = 32, learning_rate: float = 2e-3, seed: int = 0,
+                               test_images=None,
+                               test_labels: Mapping[str, np.ndarray] | None = None
+                               ) -> TrainedClassifier:
+  """Trains `AttributeCNN` with Adam on labelled images, to read counterfactuals.
+
+  Args:
+    train_images: [N, H, W, C] in [-1, 1].
+    train_labels: {attribute: class index [N] int}; num_classes: {attribute: K}.
+    steps, batch_size, learning_rate: Adam on the summed cross-entropy, batches drawn uniformly
+      with replacement; the learning rate decays to 0 along a cosine.
+    seed: initialisation and batch draws.
+    test_images, test_labels: optional held-out data for `test_accuracy`.
+
+  Returns:
+    `TrainedClassifier(classify, test_accuracy)`.
+  """
+  if set(train_labels) != set(num_classes):
+    raise ValueError(f'train_labels and num_classes must name the same attributes; got '
+                     f'{sorted(train_labels)} and {sorted(num_classes)}.')
+  if (test_images is None) != (test_labels is None):
+    raise ValueError('Give both test_images and test_labels, or neither.')
+  model = AttributeCNN(num_classes=dict(num_classes))
+  init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
+  images = jnp.asarray(train_images, jnp.float32)
+  labels = {name: jnp.asarray(y, jnp.int32) for name, y in train_labels.items()}
+  params = jax.jit(model.init)(init_key, images[:1])['params']
+  optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
+  opt_state = optimizer.init(params)
+  train_step = _make_train_step(model, optimizer, batch_size=batch_size)
+  start = time.time()
+  for step in range(steps):
+    params, opt_state, loss = train_step(params, opt_state, images, labels,
+                                         jax.random.fold_in(train_key, step))
+  logging.info('Attribute classifier: %d steps in %.1fs, final batch loss %.4f.', steps,
+               time.time() - start, float(loss))
+  classify = _batched_classify(model, params)
+  test_accuracy = (None if test_images is None else
+                   classifier_accuracy(classify, test_images, test_labels))
+  return TrainedClassifier(classify=classify, test_accuracy=test_accuracy)

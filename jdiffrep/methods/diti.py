@@ -1,0 +1,190 @@
+"""DiTi (Yue et al., ICLR 2024) and PDAE (Zhang et al., NeurIPS 2022) on a frozen DiT.
+
+An encoder maps the clean image to z in R^d, split into k subsets, subset i owning the steps
+with floor(t k / T) = i. At step t the gradient-estimator branch G sees only the subsets
+0..idx(t) (the cumulative mask), and the prediction eps_theta(x_t, t) + s_t G(x_t, t, z_t) is
+trained with the weighted eps loss; only the encoder and G train, the DM stays frozen (its
+params are passed in as `frozen`, never to the optimiser). PDAE is the same with k = 1.
+
+Sampling and DDIM inversion use the coefficient s_t that training used (the official samplers
+use sqrt(1 - abar_t) instead; with s_t the decoder is the one the loss fitted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jdiffrep import diffusion
+from jdiffrep import timestep_features
+from jdiffrep.models import dit
+from jdiffrep.models import encoders
+from jdiffrep.models import gradient_estimator
+
+
+PREVIEW_COLUMNS = 8  # preview grids show 8 originals, then their 8 reconstructions
+
+
+def shift_coefficient(schedule: diffusion.Schedule) -> jax.Array:
+  """s_t = -sqrt(alpha_t) (1 - abar_{t-1}) / sqrt(1 - abar_t), abar_{-1} = 1 (so s_0 = 0). [T]."""
+  return (-jnp.sqrt(schedule.alphas) * (1.0 - schedule.alphas_cumprod_prev)
+          / jnp.sqrt(1.0 - schedule.alphas_cumprod))
+
+
+def loss_weight(schedule: diffusion.Schedule) -> jax.Array:
+  """w_t = snr_t^0.1 / (1 + snr_t), snr_t = abar_t / (1 - abar_t). [T] float32."""
+  snr = schedule.alphas_cumprod / (1.0 - schedule.alphas_cumprod)
+  return snr ** 0.1 / (1.0 + snr)
+
+
+def dm_workdir(config, stage_workdir: str) -> str:
+  """Where the frozen DM's checkpoints are: config.diti.dm_workdir, else the sibling 'ddpm'."""
+  return config.diti.dm_workdir or os.path.join(os.path.dirname(os.path.abspath(stage_workdir)),
+                                               'ddpm')
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTi:
+  """Encoder + gradient estimator on a frozen DiT; `num_subsets = 1` is PDAE."""
+  dm: dit.DiT
+  encoder: encoders.nn.Module
+  branch: gradient_estimator.GradientEstimator
+  schedule: diffusion.Schedule
+  partition: timestep_features.TimestepPartition
+  gradient_mode: str
+  image_shape: tuple[int, int, int]
+  dm_checkpoint_dir: str
+  dm_prediction: str = 'eps'  # what the frozen DM outputs (converted to eps)
+  reconstruction_steps: int = 50
+
+  @classmethod
+  def from_config(cls, config, image_shape, *, workdir: str = '', pdae: bool = False) -> 'DiTi':
+    c = config.diti
+    dtype = jnp.dtype(config.model.dtype)
+    dm = dit.dit_from_name(config.model.name, dtype=dtype,
+                           attention_impl=config.model.attention_impl)
+    if pdae:
+      partition = timestep_features.make_partition(c.latent_dim, 1,
+                                                   config.diffusion.num_timesteps)
+    else:
+      partition = timestep_features.make_partition(
+          c.latent_dim, c.num_subsets, config.diffusion.num_timesteps,
+          c.stage_boundaries, c.stage_dims)
+    if c.gradient_mode not in timestep_features.GRADIENT_MODES:
+      raise ValueError(f'config.diti.gradient_mode={c.gradient_mode!r}; valid: '
+                       f'{timestep_features.GRADIENT_MODES}.')
+    branch_depth = c.branch_depth if c.branch_depth > 0 else max(dm.depth // 2, 1)
+    branch = gradient_estimator.GradientEstimator(
+        depth=branch_depth, num_heads=dm.num_heads, patch_size=dm.patch_size,
+        out_channels=image_shape[-1], condition_mode=c.condition_mode, dtype=dtype,
+        attention_impl=config.model.attention_impl)
+    encoder = encoders.make_encoder(c.encoder, c.latent_dim, dtype=dtype)
+    schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps,
+                                       config.diffusion.beta_start, config.diffusion.beta_end)
+    return cls(dm=dm, encoder=encoder, branch=branch, schedule=schedule, partition=partition,
+               gradient_mode='base' if pdae else c.gradient_mode,
+               image_shape=tuple(image_shape),
+               dm_checkpoint_dir=os.path.join(dm_workdir(config, workdir), 'checkpoints'),
+               dm_prediction=config.diffusion.prediction,
+               reconstruction_steps=config.sample.ddim_steps)
+
+  # -------------------------------------------------------------- shapes of things
+  @property
+  def capture_block(self) -> int:
+    """The frozen DM block whose output tokens the branch reads: the middle one."""
+    return self.dm.depth // 2 - 1 if self.dm.depth > 1 else 0
+
+  @property
+  def grid(self) -> tuple[int, int]:
+    return (self.image_shape[0] // self.dm.patch_size, self.image_shape[1] // self.dm.patch_size)
+
+  def _dm_inputs(self, batch_size: int = 1):
+    return (jnp.zeros((batch_size, *self.image_shape), jnp.float32),
+            jnp.zeros((batch_size,), jnp.int32))
+
+  # -------------------------------------------------------------- parameters
+  def init_params(self, rng: jax.Array) -> dict:
+    enc_rng, branch_rng = jax.random.split(rng)
+    x, t = self._dm_inputs()
+    tokens = jnp.zeros((1, self.grid[0] * self.grid[1], self.dm.hidden_size), jnp.float32)
+    z = jnp.zeros((1, self.partition.latent_dim), jnp.float32)
+    return {'encoder': self.encoder.init(enc_rng, x)['params'],
+            'branch': self.branch.init(branch_rng, tokens, t, z, self.grid)['params']}
+
+  def load_frozen(self) -> dict:
+    """The frozen DM's EMA params from its training run, checked against this DiT's shapes."""
+    from jdiffrep import checkpoint  # pylint: disable=g-import-not-at-top
+    expected = jax.eval_shape(lambda: self.dm.init(jax.random.PRNGKey(0), *self._dm_inputs()))
+    try:
+      params = checkpoint.load_trained_params(self.dm_checkpoint_dir, expected['params'],
+                                              what='diffusion model')
+    except FileNotFoundError as error:
+      raise FileNotFoundError(
+          f'{error} Train it first (the \'ddpm\' stage of config.pipeline does) or set '
+          'config.diti.dm_workdir to the workdir of a finished DM run with the same '
+          'config.model.') from error
+    return {'dm': params}
+
+  def abstract_params(self):
+    """ShapeDtypeStructs of `init_params`' output, to check restored checkpoints against."""
+    return jax.eval_shape(self.init_params, jax.random.PRNGKey(0))
+
+  # -------------------------------------------------------------- the model
+  def encode(self, params, x0: jax.Array) -> jax.Array:
+    """x0 [B, H, W, C] in [-1, 1] -> z [B, d] float32."""
+    return self.encoder.apply({'params': params['encoder']}, x0)
+
+  def predict_eps(self, params, frozen, x_t, t, z_masked) -> jax.Array:
+    """eps_theta(x_t, t) + s_t G(x_t, t, z_masked); all [B, ...], t [B] int."""
+    output, tokens = self.dm.apply({'params': frozen['dm']}, x_t, t,
+                                   capture_block=self.capture_block)
+    eps_dm = diffusion.eps_from_prediction(self.schedule, self.dm_prediction, x_t, t, output)
+    eps_dm, tokens = jax.lax.stop_gradient((eps_dm, tokens))
+    g = self.branch.apply({'params': params['branch']}, tokens, t, z_masked, self.grid)
+    s = shift_coefficient(self.schedule)[t]
+    return eps_dm + s[:, None, None, None] * g
+
+  def loss(self, params, frozen, batch: dict, rng: jax.Array):
+    """SNR-weighted eps loss of the corrected prediction, uniform t. Scalar, plus metrics."""
+    x0 = batch['image']
+    t_rng, eps_rng = jax.random.split(rng)
+    t = jax.random.randint(t_rng, (x0.shape[0],), 0, self.schedule.num_timesteps)
+    eps = jax.random.normal(eps_rng, x0.shape, jnp.float32)
+    x_t = diffusion.q_sample(self.schedule, x0, t, eps)
+    z = self.encode(params, x0)
+    masks = timestep_features.mask_tables(self.partition)
+    z_t = timestep_features.mask_condition(z, t, masks, self.gradient_mode)
+    eps_pred = self.predict_eps(params, frozen, x_t, t, z_t)
+    per_example = jnp.mean(jnp.square(eps - eps_pred), axis=(1, 2, 3))
+    weighted = loss_weight(self.schedule)[t] * per_example
+    return jnp.mean(weighted), {'unweighted_mse': jnp.mean(per_example),
+                                'z_norm': jnp.mean(jnp.linalg.norm(z, axis=-1))}
+
+  def conditioned_eps_fn(self, params, frozen, z: jax.Array):
+    """eps_fn(x, t) for DDIM with z masked by m(t) at every step (inversion and generation)."""
+    masks = timestep_features.mask_tables(self.partition)
+    return lambda x, t: self.predict_eps(params, frozen, x, t,
+                                         timestep_features.mask_condition(z, t, masks))
+
+  def reconstruct(self, params, frozen, x0: jax.Array, *, num_steps: int) -> jax.Array:
+    """DDIM-invert x0 with its own z, then decode: the autoencoder's output [B, H, W, C]."""
+    eps_fn = self.conditioned_eps_fn(params, frozen, self.encode(params, x0))
+    x_T = diffusion.ddim_invert(eps_fn, self.schedule, x0, num_steps=num_steps)
+    return diffusion.ddim_sample(eps_fn, self.schedule, x_T, num_steps=num_steps)
+
+  def preview(self, params, frozen, rng: jax.Array, images: jax.Array) -> jax.Array:
+    """Rows of 8 originals, each followed by the row of their reconstructions. [2N, H, W, C]."""
+    del rng
+    recon = jnp.clip(self.reconstruct(params, frozen, images,
+                                      num_steps=self.reconstruction_steps), -1.0, 1.0)
+    rows = -(-images.shape[0] // PREVIEW_COLUMNS)
+    pad = rows * PREVIEW_COLUMNS - images.shape[0]
+    pair = jnp.stack([jnp.pad(x, ((0, pad), (0, 0), (0, 0), (0, 0)), constant_values=1.0)
+                      for x in (images, recon)])  # [2, rows * 8, H, W, C]
+    pair = pair.reshape(2, rows, PREVIEW_COLUMNS, *images.shape[1:]).swapaxes(0, 1)
+    return pair.reshape(-1, *images.shape[1:])

@@ -1,0 +1,37 @@
+"""Runs `config.pipeline`: each stage in its own sub-directory, resumable, one results.json.
+
+A stage is a training method ('ddpm', 'diti', 'pdae', ...) or 'evaluate'. A finished training
+stage is detected from its checkpoint and costs only a reload; an interrupted one resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import logging
+import jax
+
+from jdiffrep import config as config_lib
+from jdiffrep import train
+
+
+def run(config, workdir: str) -> dict:
+  """Trains (and evaluates) everything `config` asks for; returns the merged results."""
+  config_lib.validate_config(config)
+  if not config.pipeline:
+    return train.train_and_evaluate(config, workdir)
+  results = {'config_name': config.name, 'pipeline': list(config.pipeline), 'stages': {}}
+  for stage in config.pipeline:
+    stage_dir = os.path.join(workdir, stage)
+    logging.info('=== Stage %s in %s', stage, stage_dir)
+    if stage == config_lib.EVALUATE_STAGE:
+      from jdiffrep.evaluate import pipeline_eval  # pylint: disable=g-import-not-at-top
+      results['stages'][stage] = pipeline_eval.evaluate(config, workdir)
+    else:
+      results['stages'][stage] = train.train_and_evaluate(
+          config_lib.stage_config(config, stage), stage_dir)
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, 'results.json'), 'w') as f:
+        json.dump(results, f, indent=2)
+  return results

@@ -1,0 +1,157 @@
+"""DiTi / PDAE on a frozen DM: coefficients, frozen params, learning, pipeline stages."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jdiffrep import diffusion
+from jdiffrep import methods
+from jdiffrep import run
+from jdiffrep import train
+from jdiffrep.data import pipeline
+from jdiffrep.methods import diti
+from tests.conftest import small_config
+
+
+@pytest.fixture
+def diti_config(tiny_config):
+  return tiny_config
+
+
+@pytest.fixture(scope='module')
+def run_root(shapes_data_dir, tmp_path_factory):
+  """A directory whose 'ddpm' sub-directory holds a finished (tiny) DM run."""
+  root = tmp_path_factory.mktemp('diti_run')
+  train.train_and_evaluate(small_config(shapes_data_dir), str(root / 'ddpm'))
+  return str(root)
+
+
+def _method(config, workdir, name='diti'):
+  config = config.copy_and_resolve_references()
+  config.method = name
+  return methods.make_method(config, (32, 32, 3), workdir=workdir)
+
+
+def test_shift_coefficient_and_weight_match_the_official_values():
+  schedule = diffusion.make_schedule('linear', 1000)
+  s, w = np.asarray(diti.shift_coefficient(schedule)), np.asarray(diti.loss_weight(schedule))
+  assert s[0] == 0.0 and np.all(s[1:] < 0)
+  np.testing.assert_allclose(w[0], 2.5e-4, rtol=0.01)
+  np.testing.assert_allclose(w[999], 0.364, rtol=0.01)
+  assert abs(int(np.argmax(w)) - 475) <= 2
+  np.testing.assert_allclose(w.max(), 0.722, rtol=0.01)
+  # Independent formula in float64 for a few t.
+  betas = np.linspace(1e-4, 0.02, 1000)
+  abar = np.cumprod(1 - betas)
+  for t in (1, 10, 500, 999):
+    want = -np.sqrt(1 - betas[t]) * (1 - abar[t - 1]) / np.sqrt(1 - abar[t])
+    np.testing.assert_allclose(s[t], want, rtol=1e-3)
+
+
+def test_branch_starts_at_zero_so_the_prediction_is_the_frozen_dm(diti_config, run_root):
+  method = _method(diti_config, os.path.join(run_root, 'diti'))
+  params = method.init_params(jax.random.PRNGKey(0))
+  frozen = method.load_frozen()
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
+  t = jnp.array([0, 10, 500, 999])
+  z = jax.random.normal(jax.random.PRNGKey(2), (4, 32))
+  want = diffusion.eps_from_prediction(method.schedule, method.dm_prediction, x, t,
+                                       method.dm.apply({'params': frozen['dm']}, x, t))
+  np.testing.assert_array_equal(method.predict_eps(params, frozen, x, t, z), want)
+  # The preview grid: a row of originals, then the row of their reconstructions (padded to 8).
+  images = jnp.clip(x, -1, 1)
+  preview = method.preview(params, frozen, None, images)
+  assert preview.shape == (16, 32, 32, 3)
+  np.testing.assert_array_equal(preview[:4], images)
+  np.testing.assert_array_equal(preview[4:8], 1.0)
+  np.testing.assert_allclose(preview[8:12], jnp.clip(method.reconstruct(
+      params, frozen, images, num_steps=method.reconstruction_steps), -1, 1), atol=1e-5)
+
+
+def test_frozen_dm_never_changes_and_is_not_optimised(diti_config, run_root):
+  method = _method(diti_config, os.path.join(run_root, 'diti'))
+  tx, lr = train.make_optimizer(diti_config.optim)
+  state = train.init_train_state(method, tx, jax.random.PRNGKey(0))
+  frozen = method.load_frozen()
+  before = jax.tree.map(np.array, frozen)
+  assert set(state.params) == {'encoder', 'branch'}
+  opt_leaves = sum(x.size for x in jax.tree.leaves(state.opt_state))
+  param_leaves = sum(x.size for x in jax.tree.leaves(state.params))
+  dm_leaves = sum(x.size for x in jax.tree.leaves(frozen))
+  # Adam keeps two moments per trainable parameter (plus step counters), none for the DM.
+  assert 2 * param_leaves <= opt_leaves < 2 * param_leaves + 16
+  assert dm_leaves > 0
+  step = jax.jit(lambda s, f, b: train.train_step(s, f, b, method=method, tx=tx,
+                                                  learning_rate=lr, ema_decay=0.9))
+  it = pipeline.make_train_iterator(diti_config.dataset, global_batch_size=16, seed=0)
+  for _ in range(3):
+    new_state, _ = step(state, frozen, {'image': jnp.asarray(next(it)['image'])})
+    changed = [not np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(state.params), jax.tree.leaves(new_state.params))]
+    state = new_state
+  assert any(changed)
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(frozen)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('gradient_mode', ['base', 'stop_grad'])
+def test_loss_falls_and_the_encoder_learns(diti_config, run_root, gradient_mode):
+  diti_config.diti.gradient_mode = gradient_mode
+  method = _method(diti_config, os.path.join(run_root, 'diti'))
+  diti_config.optim.learning_rate = 2e-3
+  tx, lr = train.make_optimizer(diti_config.optim)
+  state = train.init_train_state(method, tx, jax.random.PRNGKey(0))
+  frozen = method.load_frozen()
+  it = pipeline.make_train_iterator(diti_config.dataset, global_batch_size=16, seed=0)
+  held_out = {'image': jnp.asarray(next(it)['image'])}
+  fixed_loss = jax.jit(lambda p: method.loss(p, frozen, held_out, jax.random.PRNGKey(5))[0])
+  grads = jax.grad(lambda p: method.loss(p, frozen, held_out, jax.random.PRNGKey(5))[0])(
+      state.params)
+  assert float(sum(jnp.abs(g).sum() for g in jax.tree.leaves(grads['branch']))) > 0
+  step = jax.jit(lambda s, b: train.train_step(s, frozen, b, method=method, tx=tx,
+                                               learning_rate=lr, ema_decay=0.9))
+  before = float(fixed_loss(state.params))
+  for _ in range(30):
+    state, _ = step(state, {'image': jnp.asarray(next(it)['image'])})
+  after = float(fixed_loss(state.params))
+  assert after < 0.9 * before, (before, after)
+  encoder_grads = jax.grad(lambda p: method.loss(p, frozen, held_out, jax.random.PRNGKey(5))[0])(
+      state.params)['encoder']
+  assert float(sum(jnp.abs(g).sum() for g in jax.tree.leaves(encoder_grads))) > 0
+
+
+def test_pdae_sees_every_dim_at_every_step(diti_config, tmp_path):
+  method = _method(diti_config, str(tmp_path / 'pdae'), name='pdae')
+  assert method.partition.num_subsets == 1
+  assert np.all(method.partition.cumulative_masks() == 1)
+
+
+def test_missing_dm_checkpoint_says_what_to_do(diti_config, tmp_path):
+  method = _method(diti_config, str(tmp_path / 'diti'))
+  with pytest.raises(FileNotFoundError, match='dm_workdir'):
+    method.load_frozen()
+
+
+def test_dm_checkpoint_of_another_model_is_rejected(diti_config, run_root):
+  diti_config.model.name = 'XXS/4'  # the DM was trained as XXS/8
+  method = _method(diti_config, os.path.join(run_root, 'diti'))
+  with pytest.raises(ValueError, match='config.model'):
+    method.load_frozen()
+
+
+def test_pipeline_runs_every_stage_and_reuses_finished_ones(diti_config, tmp_path):
+  diti_config.pipeline = ('ddpm', 'diti', 'pdae')
+  diti_config.stage_overrides = {'ddpm': {'num_train_steps': 4}}
+  workdir = str(tmp_path / 'run')
+  results = run.run(diti_config, workdir)
+  stages = results['stages']
+  assert stages['ddpm']['steps'] == 4 and stages['diti']['steps'] == 8
+  assert stages['diti']['method'] == 'diti' and stages['pdae']['method'] == 'pdae'
+  for stage in ('ddpm', 'diti', 'pdae'):
+    assert os.path.exists(os.path.join(workdir, stage, 'results.json'))
+  assert os.path.exists(os.path.join(workdir, 'results.json'))
+  # The same command again: every stage is finished, so each returns its saved results.
+  assert run.run(diti_config, workdir) == results
