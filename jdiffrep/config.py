@@ -90,6 +90,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.evaluate.probe_epochs = 15
   config.evaluate.train_limit = ml_collections.config_dict.placeholder(int)  # None: whole split
   config.evaluate.reconstruction_images = 32
+  config.evaluate.counterfactual_pairs = 64  # test pairs (A, B) for DiTi counterfactuals
+  config.evaluate.classifier_train_images = 4000  # the CNN that reads counterfactuals
+  config.evaluate.classifier_steps = 2000
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1  # -1: all devices not used by the other axes

@@ -143,15 +143,33 @@ def test_dm_checkpoint_of_another_model_is_rejected(diti_config, run_root):
 
 
 def test_pipeline_runs_every_stage_and_reuses_finished_ones(diti_config, tmp_path):
-  diti_config.pipeline = ('ddpm', 'diti', 'pdae')
+  diti_config.pipeline = ('ddpm', 'diti', 'pdae', 'evaluate')
   diti_config.stage_overrides = {'ddpm': {'num_train_steps': 4}}
+  diti_config.evaluate.probe_epochs = 2
+  diti_config.evaluate.reconstruction_images = 4
+  diti_config.evaluate.counterfactual_pairs = 4
+  diti_config.evaluate.classifier_train_images = 256
+  diti_config.evaluate.classifier_steps = 20
   workdir = str(tmp_path / 'run')
   results = run.run(diti_config, workdir)
   stages = results['stages']
   assert stages['ddpm']['steps'] == 4 and stages['diti']['steps'] == 8
   assert stages['diti']['method'] == 'diti' and stages['pdae']['method'] == 'pdae'
-  for stage in ('ddpm', 'diti', 'pdae'):
+  for stage in ('ddpm', 'diti', 'pdae', 'evaluate'):
     assert os.path.exists(os.path.join(workdir, stage, 'results.json'))
+  evaluation = stages['evaluate']
+  assert set(evaluation['attribute_probe']) == {'pixels', 'diti', 'pdae'}
+  assert evaluation['num_examples'] == {'train': 512, 'validation': 64, 'test': 64}
+  for probe_result in evaluation['attribute_probe'].values():
+    assert 0.0 < probe_result['test_mean_ap'] <= 1.0
+    assert len(probe_result['per_attribute_ap']) == 17
+  assert len(evaluation['timestep_probe']) == 4  # one per subset group of k = 4
+  assert set(evaluation['counterfactual']['change_rates']) == set(evaluation['timestep_probe'])
+  for name in ('timestep_probe.png', 'counterfactuals.png', 'reconstruction_diti.png'):
+    assert os.path.getsize(os.path.join(workdir, 'evaluate', name)) > 0
   assert os.path.exists(os.path.join(workdir, 'results.json'))
-  # The same command again: every stage is finished, so each returns its saved results.
-  assert run.run(diti_config, workdir) == results
+  # The same command again: training stages are finished, so each returns its saved results.
+  diti_config.pipeline = ('ddpm', 'diti', 'pdae')
+  again = run.run(diti_config, workdir)['stages']
+  for stage in ('ddpm', 'diti', 'pdae'):
+    assert again[stage] == stages[stage]

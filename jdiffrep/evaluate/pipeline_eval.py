@@ -2,8 +2,11 @@
 
 Reads the EMA parameters of the representation stages in the workdir (DiTi, PDAE), extracts
 their z for the train / validation / test splits in one pass (next to raw pixels as the
-baseline), trains a linear attribute probe on each (SPEC section 5), and measures DDIM
-reconstruction. Writes `<workdir>/evaluate/results.json` and a reconstruction grid PNG.
+baseline), trains a linear attribute probe on each (SPEC section 5), measures DDIM
+reconstruction, and for DiTi runs the time-step probe (AP of each subset group alone, as a
+heat map) and counterfactual generation (swap one subset group of z from B into A; a CNN
+trained on the dataset's labels reads which attributes moved). Writes
+`<workdir>/evaluate/results.json` and the PNGs next to it.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from jdiffrep import images
 from jdiffrep import methods
 from jdiffrep.data import pipeline
 from jdiffrep.data import registry
+from jdiffrep.evaluate import counterfactual
 from jdiffrep.evaluate import features
 from jdiffrep.evaluate import probe
+from jdiffrep.evaluate import timestep_probe
 
 REPRESENTATION_METHODS = ('diti', 'pdae')
 
@@ -81,6 +86,48 @@ def reconstruction(method, frozen, params, test_images: np.ndarray, *, num_steps
           'ddim_steps': num_steps, 'grid': out_path}
 
 
+def _labelled_images(dataset_config, split: str, limit: int) -> tuple[np.ndarray, dict]:
+  batches = list(features.iterate_split(dataset_config, split, 256, limit))
+  return (np.concatenate([b['image'] for b in batches]),
+          {k: np.concatenate([b['labels'][k] for b in batches]) for k in batches[0]['labels']})
+
+
+def counterfactual_study(config, spec, method, params, out_dir: str) -> dict:
+  """Swaps each subset group of z from B into A for test pairs; reads the result.
+
+  A classifier of the dataset's categorical labels (trained here, its test accuracy reported)
+  reads A, B and every counterfactual; for each group and attribute, `took_b` is the fraction of
+  pairs (differing in that attribute) whose counterfactual reads as B, `kept_a` as A.
+  """
+  eval_config = config.evaluate
+  train_images, train_labels = _labelled_images(config.dataset, spec.train_split,
+                                                eval_config.classifier_train_images)
+  test_images, test_labels = _labelled_images(config.dataset, spec.eval_split,
+                                              2 * eval_config.counterfactual_pairs + 1000)
+  num_classes = {k: int(max(v.max(), test_labels[k].max())) + 1 for k, v in train_labels.items()}
+  pairs = eval_config.counterfactual_pairs
+  held_out = slice(2 * pairs, None)
+  classifier = counterfactual.train_attribute_classifier(
+      train_images, train_labels, num_classes, steps=eval_config.classifier_steps,
+      seed=config.seed, test_images=test_images[held_out],
+      test_labels={k: v[held_out] for k, v in test_labels.items()})
+  images_a, images_b = test_images[:pairs], test_images[pairs:2 * pairs]
+  groups = counterfactual.subset_groups(method.partition.num_subsets)
+  names = [counterfactual.group_label(method.partition, g) for g in groups]
+  result = counterfactual.counterfactuals(method, params, jax.device_put(method.load_frozen()),
+                                          images_a, images_b, groups,
+                                          num_steps=config.sample.ddim_steps)
+  grid_path = os.path.join(out_dir, 'counterfactuals.png')
+  counterfactual.save_counterfactual_grid(grid_path, images_a[:8], images_b[:8],
+                                          {k: v[..., :8, :, :, :] if k == 'swapped' else v[:8]
+                                           for k, v in result.items()}, names)
+  rates = counterfactual.attribute_change_rates(classifier.classify, images_a, images_b, result,
+                                                sorted(train_labels), group_names=names)
+  return {'pairs': pairs, 'groups': dict(zip(names, [list(g) for g in groups])),
+          'classifier_test_accuracy': {k: float(v) for k, v in classifier.test_accuracy.items()},
+          'change_rates': rates, 'grid': grid_path}
+
+
 def evaluate(config, workdir: str) -> dict:
   """Runs every evaluation that applies to the stages in `config.pipeline`."""
   out_dir = os.path.join(workdir, config_lib.EVALUATE_STAGE)
@@ -122,6 +169,20 @@ def evaluate(config, workdir: str) -> dict:
         out_path=os.path.join(out_dir, f'reconstruction_{name}.png'))
     logging.info('Reconstruction with %s z: PSNR %.2f dB.', name,
                  results['reconstruction'][name]['psnr_db'])
+
+  if 'diti' in loaded and 'attributes' in feature_sets['train']:
+    method, params = loaded['diti']
+    groups = counterfactual.subset_groups(method.partition.num_subsets)
+    results['timestep_probe'] = timestep_probe.group_probe(
+        {k: v['features']['diti'] for k, v in feature_sets.items()},
+        {k: v['attributes'] for k, v in feature_sets.items()}, method.partition, groups,
+        epochs=eval_config.probe_epochs, seed=config.seed, attribute_names=spec.attribute_names)
+    timestep_probe.plot_group_ap(results['timestep_probe'], spec.attribute_names,
+                                 os.path.join(out_dir, 'timestep_probe.png'))
+    results['timestep_probe_best_group'] = timestep_probe.best_group_per_attribute(
+        results['timestep_probe'])
+  if 'diti' in loaded and feature_sets['train']['labels']:
+    results['counterfactual'] = counterfactual_study(config, spec, *loaded['diti'], out_dir)
 
   if jax.process_index() == 0:
     with open(os.path.join(out_dir, 'results.json'), 'w') as f:
