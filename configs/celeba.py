@@ -17,4 +17,13 @@ def get_config():
   config.num_train_steps = 300_000
   config.sample_every_steps = 10_000
   config.checkpoint_every_steps = 5_000
+  # DiTi, the paper's CelebA setting: d = 512, k = 64, uneven split by stages (SPEC section 3).
+  config.pipeline = ('ddpm', 'diti', 'pdae', 'evaluate')
+  config.diti.latent_dim = 512
+  config.diti.num_subsets = 64
+  config.diti.stage_boundaries = (50, 100, 300, 500, 1000)
+  config.diti.stage_dims = (10, 25, 327, 100, 50)
+  config.diti.gradient_mode = 'base'
+  config.stage_overrides = {'diti': {'num_train_steps': 297_000},
+                            'pdae': {'num_train_steps': 297_000}}
   return config

@@ -17,4 +17,9 @@ def get_config():
   config.num_train_steps = 500_000
   config.sample_every_steps = 10_000
   config.checkpoint_every_steps = 5_000
+  # DiTi, the paper's "balanced" FFHQ setting: d = 512, k = 64 (8 dims each), stop_grad.
+  config.pipeline = ('ddpm', 'diti', 'pdae', 'evaluate')
+  config.diti.latent_dim = 512
+  config.diti.num_subsets = 64
+  config.diti.gradient_mode = 'stop_grad'
   return config

@@ -115,6 +115,12 @@ def _layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=dtype, name=name)
 
 
+def _dense(module: nn.Module, features: int, kernel_init, name: str) -> nn.Dense:
+  """A Dense with zero bias in `module`'s compute and parameter dtypes."""
+  return nn.Dense(features, kernel_init=kernel_init, bias_init=_zeros, dtype=module.dtype,
+                  param_dtype=module.param_dtype, name=name)
+
+
 # ----------------------------------------------------------------------------- modules
 
 
@@ -153,14 +159,7 @@ class TimestepEmbedder(nn.Module):
 
   @nn.compact
   def __call__(self, t: jax.Array) -> jax.Array:
-    dense = lambda name: nn.Dense(
-        self.hidden_size,
-        kernel_init=_time_mlp_init,
-        bias_init=_zeros,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name=name,
-    )
+    dense = lambda name: _dense(self, self.hidden_size, _time_mlp_init, name)
     h = dense('mlp_0')(timestep_embedding(t, self.frequency_dim))
     return dense('mlp_2')(nn.silu(h))
 
@@ -177,26 +176,12 @@ class Attention(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     batch, length, dim = x.shape
     head_dim = dim // self.num_heads
-    qkv = nn.Dense(
-        3 * dim,
-        kernel_init=_xavier_uniform,
-        bias_init=_zeros,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name='qkv',
-    )(x)
+    qkv = _dense(self, 3 * dim, _xavier_uniform, 'qkv')(x)
     qkv = qkv.reshape(batch, length, 3, self.num_heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
     out = out.reshape(batch, length, dim)
-    return nn.Dense(
-        dim,
-        kernel_init=_xavier_uniform,
-        bias_init=_zeros,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name='proj',
-    )(out)
+    return _dense(self, dim, _xavier_uniform, 'proj')(out)
 
 
 class Mlp(nn.Module):
@@ -208,14 +193,7 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    dense = lambda features, name: nn.Dense(
-        features,
-        kernel_init=_xavier_uniform,
-        bias_init=_zeros,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name=name,
-    )
+    dense = lambda features, name: _dense(self, features, _xavier_uniform, name)
     h = nn.gelu(dense(self.hidden_features, 'fc1')(x), approximate=True)
     return dense(x.shape[-1], 'fc2')(h)
 
@@ -232,14 +210,7 @@ class DiTBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
     dim = x.shape[-1]
-    modulation = nn.Dense(
-        6 * dim,
-        kernel_init=_zeros,
-        bias_init=_zeros,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name='adaLN_modulation',
-    )(nn.silu(c))
+    modulation = _dense(self, 6 * dim, _zeros, 'adaLN_modulation')(nn.silu(c))
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(
         modulation, 6, axis=-1
     )
@@ -271,24 +242,10 @@ class FinalLayer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
     dim = x.shape[-1]
-    modulation = nn.Dense(
-        2 * dim,
-        kernel_init=_zeros,
-        bias_init=_zeros,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name='adaLN_modulation',
-    )(nn.silu(c))
+    modulation = _dense(self, 2 * dim, _zeros, 'adaLN_modulation')(nn.silu(c))
     shift, scale = jnp.split(modulation, 2, axis=-1)
     x = modulate(_layer_norm(self.dtype, 'norm_final')(x), shift, scale)
-    return nn.Dense(
-        self.patch_size**2 * self.out_channels,
-        kernel_init=_zeros,
-        bias_init=_zeros,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name='linear',
-    )(x)
+    return _dense(self, self.patch_size**2 * self.out_channels, _zeros, 'linear')(x)
 
 
 class DiT(nn.Module):
