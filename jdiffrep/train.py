@@ -43,9 +43,10 @@ class TrainState:
 
 def make_optimizer(optim_config) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW with linear warm-up to a constant rate, optional global-norm clipping."""
-  schedule = optax.warmup_constant_schedule(0.0, optim_config.learning_rate,
-                                            max(optim_config.warmup_steps, 1))
-  if optim_config.warmup_steps == 0:
+  if optim_config.warmup_steps:
+    schedule = optax.warmup_constant_schedule(0.0, optim_config.learning_rate,
+                                              optim_config.warmup_steps)
+  else:
     schedule = optax.constant_schedule(optim_config.learning_rate)
   adamw = optax.adamw(schedule, b1=optim_config.b1, b2=optim_config.b2,
                       weight_decay=optim_config.weight_decay)

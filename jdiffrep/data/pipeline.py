@@ -9,6 +9,7 @@ run sees exactly the batches an uninterrupted one would have seen.
 from __future__ import annotations
 
 import functools
+from typing import Iterator
 
 import grain
 import numpy as np
@@ -26,13 +27,19 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
   return np.clip(np.round((np.asarray(image, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def preprocess(example: dict, *, spec: registry.DatasetSpec, resolution: int) -> dict:
+  """One record -> example: image [R, R, C] float32 in [-1, 1] (cropped, resized), rest kept."""
+  image = registry.crop_and_resize(np.asarray(example['image']), spec, resolution)
+  return {**example, 'image': scale_to_unit_interval(image)}
+
+
 def _preprocess(example: dict, rng: np.random.Generator, *, spec: registry.DatasetSpec,
                 resolution: int, random_flip: bool) -> dict:
-  """One record -> training example: image [R, R, C] float32 in [-1, 1], other fields kept."""
-  image = registry.crop_and_resize(np.asarray(example['image']), spec, resolution)
+  """`preprocess`, then a horizontal flip with probability 1/2 when `random_flip`."""
+  example = preprocess(example, spec=spec, resolution=resolution)
   if random_flip and rng.random() < 0.5:
-    image = image[:, ::-1]
-  return {**example, 'image': scale_to_unit_interval(image)}
+    example['image'] = example['image'][:, ::-1]
+  return example
 
 
 def per_process_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -74,15 +81,26 @@ def make_train_iterator(dataset_config, *, global_batch_size: int, seed: int,
   return iter(dataset.to_iter_dataset(read_options))
 
 
+def iterate_split(dataset_config, split: str, batch_size: int,
+                  limit: int | None = None) -> Iterator[dict]:
+  """Unshuffled, unflipped batches of `split` in record order (the last may be smaller)."""
+  spec = registry.get_spec(dataset_config.name)
+  source = registry.open_source(dataset_config, split)
+  dataset = grain.MapDataset.source(source)
+  if limit is not None:
+    dataset = dataset[:min(limit, len(source))]
+  dataset = dataset.map(functools.partial(preprocess, spec=spec,
+                                          resolution=dataset_config.resolution))
+  dataset = dataset.batch(batch_size, drop_remainder=False)
+  read_options = grain.ReadOptions(num_threads=dataset_config.read_threads,
+                                   prefetch_buffer_size=2)
+  yield from dataset.to_iter_dataset(read_options)
+
+
 def first_images(dataset_config, num_images: int, split: str | None = None) -> np.ndarray:
   """The first `num_images` images of `split` (default: the eval split), unflipped.
 
   [N, R, R, C] float32 in [-1, 1]; the same images every call, for previews that compare.
   """
-  spec = registry.get_spec(dataset_config.name)
-  source = registry.open_source(dataset_config, split or spec.eval_split)
-  count = min(num_images, len(source))
-  return np.stack([
-      scale_to_unit_interval(registry.crop_and_resize(np.asarray(source[i]['image']), spec,
-                                                      dataset_config.resolution))
-      for i in range(count)])
+  split = split or registry.get_spec(dataset_config.name).eval_split
+  return next(iterate_split(dataset_config, split, num_images, limit=num_images))['image']

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable
 
-import grain
 import jax
 import numpy as np
 
 from jdiffrep.data import pipeline
-from jdiffrep.data import registry
 
 
 def attribute_matrix(attributes) -> np.ndarray:
@@ -17,24 +15,6 @@ def attribute_matrix(attributes) -> np.ndarray:
   if isinstance(attributes, dict):
     return np.stack([np.asarray(attributes[k]) for k in sorted(attributes)], axis=-1).astype(bool)
   return np.asarray(attributes).astype(bool)
-
-
-def iterate_split(dataset_config, split: str, batch_size: int,
-                  limit: int | None = None) -> Iterator[dict]:
-  """Unshuffled, unflipped batches of `split` (the last one may be smaller)."""
-  spec = registry.get_spec(dataset_config.name)
-  source = registry.open_source(dataset_config, split)
-  dataset = grain.MapDataset.source(source)
-  if limit is not None:
-    dataset = dataset[:min(limit, len(source))]
-
-  def preprocess(example):
-    image = registry.crop_and_resize(np.asarray(example['image']), spec, dataset_config.resolution)
-    return {**example, 'image': pipeline.scale_to_unit_interval(image)}
-
-  dataset = dataset.map(preprocess).batch(batch_size, drop_remainder=False)
-  read = grain.ReadOptions(num_threads=dataset_config.read_threads, prefetch_buffer_size=2)
-  yield from dataset.to_iter_dataset(read)
 
 
 def extract(feature_fn: Callable[[jax.Array], dict], dataset_config, split: str, *,
@@ -46,7 +26,7 @@ def extract(feature_fn: Callable[[jax.Array], dict], dataset_config, split: str,
   `labels` {name: [N]}.
   """
   features, attributes, labels = {}, [], {}
-  for batch in iterate_split(dataset_config, split, batch_size, limit):
+  for batch in pipeline.iterate_split(dataset_config, split, batch_size, limit):
     images = batch['image']
     count = images.shape[0]
     if count < batch_size:

@@ -42,13 +42,13 @@ def _split_names(spec: registry.DatasetSpec) -> dict[str, str]:
 
 
 def load_representation(config, workdir: str, name: str, image_shape):
-  """(method, EMA params) of the finished `name` stage in `workdir`."""
+  """(method, EMA params, frozen params) of the finished `name` stage in `workdir`."""
   stage_dir = os.path.join(workdir, name)
   method = methods.make_method(config_lib.stage_config(config, name), image_shape,
                                workdir=stage_dir)
   params = checkpoint.load_trained_params(os.path.join(stage_dir, 'checkpoints'),
                                           method.abstract_params(), what=f'{name} model')
-  return method, params
+  return method, params, jax.device_put(method.load_frozen())
 
 
 def attribute_probes(feature_sets: dict, attribute_names, *, epochs: int, seed: int) -> dict:
@@ -87,12 +87,12 @@ def reconstruction(method, frozen, params, test_images: np.ndarray, *, num_steps
 
 
 def _labelled_images(dataset_config, split: str, limit: int) -> tuple[np.ndarray, dict]:
-  batches = list(features.iterate_split(dataset_config, split, 256, limit))
+  batches = list(pipeline.iterate_split(dataset_config, split, 256, limit))
   return (np.concatenate([b['image'] for b in batches]),
           {k: np.concatenate([b['labels'][k] for b in batches]) for k in batches[0]['labels']})
 
 
-def counterfactual_study(config, spec, method, params, out_dir: str) -> dict:
+def counterfactual_study(config, spec, method, params, frozen, out_dir: str) -> dict:
   """Swaps each subset group of z from B into A for test pairs; reads the result.
 
   A classifier of the dataset's categorical labels (trained here, its test accuracy reported)
@@ -114,8 +114,7 @@ def counterfactual_study(config, spec, method, params, out_dir: str) -> dict:
   images_a, images_b = test_images[:pairs], test_images[pairs:2 * pairs]
   groups = counterfactual.subset_groups(method.partition.num_subsets)
   names = [counterfactual.group_label(method.partition, g) for g in groups]
-  result = counterfactual.counterfactuals(method, params, jax.device_put(method.load_frozen()),
-                                          images_a, images_b, groups,
+  result = counterfactual.counterfactuals(method, params, frozen, images_a, images_b, groups,
                                           num_steps=config.sample.ddim_steps)
   grid_path = os.path.join(out_dir, 'counterfactuals.png')
   counterfactual.save_counterfactual_grid(grid_path, images_a[:8], images_b[:8],
@@ -142,7 +141,7 @@ def evaluate(config, workdir: str) -> dict:
 
   def feature_fn(x):
     out = {'pixels': x.reshape(x.shape[0], -1)}
-    for name, (method, params) in loaded.items():
+    for name, (method, params, _) in loaded.items():
       out[name] = method.encode(params, x)
     return out
 
@@ -162,16 +161,16 @@ def evaluate(config, workdir: str) -> dict:
 
   test_images = pipeline.first_images(config.dataset, eval_config.reconstruction_images)
   results['reconstruction'] = {}
-  for name, (method, params) in loaded.items():
+  for name, (method, params, frozen) in loaded.items():
     results['reconstruction'][name] = reconstruction(
-        method, jax.device_put(method.load_frozen()), params, test_images,
+        method, frozen, params, test_images,
         num_steps=config.sample.ddim_steps,
         out_path=os.path.join(out_dir, f'reconstruction_{name}.png'))
     logging.info('Reconstruction with %s z: PSNR %.2f dB.', name,
                  results['reconstruction'][name]['psnr_db'])
 
   if 'diti' in loaded and 'attributes' in feature_sets['train']:
-    method, params = loaded['diti']
+    method = loaded['diti'][0]
     groups = counterfactual.subset_groups(method.partition.num_subsets)
     results['timestep_probe'] = timestep_probe.group_probe(
         {k: v['features']['diti'] for k, v in feature_sets.items()},

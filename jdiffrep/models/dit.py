@@ -110,7 +110,7 @@ def unpatchify(x: jax.Array, grid_h: int, grid_w: int, patch_size: int, channels
   return x.reshape(x.shape[0], grid_h * p, grid_w * p, channels)
 
 
-def _layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
+def layer_norm_without_affine(dtype: Any, name: str) -> nn.LayerNorm:
   """LayerNorm without affine parameters, eps 1e-6."""
   return nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=dtype, name=name)
 
@@ -223,10 +223,10 @@ class DiTBlock(nn.Module):
     )
     mlp = Mlp(int(dim * self.mlp_ratio), dtype=self.dtype, param_dtype=self.param_dtype, name='mlp')
     x = x + gate_msa[:, None] * attn(
-        modulate(_layer_norm(self.dtype, 'norm1')(x), shift_msa, scale_msa)
+        modulate(layer_norm_without_affine(self.dtype, 'norm1')(x), shift_msa, scale_msa)
     )
     x = x + gate_mlp[:, None] * mlp(
-        modulate(_layer_norm(self.dtype, 'norm2')(x), shift_mlp, scale_mlp)
+        modulate(layer_norm_without_affine(self.dtype, 'norm2')(x), shift_mlp, scale_mlp)
     )
     return x
 
@@ -244,7 +244,7 @@ class FinalLayer(nn.Module):
     dim = x.shape[-1]
     modulation = _dense(self, 2 * dim, _zeros, 'adaLN_modulation')(nn.silu(c))
     shift, scale = jnp.split(modulation, 2, axis=-1)
-    x = modulate(_layer_norm(self.dtype, 'norm_final')(x), shift, scale)
+    x = modulate(layer_norm_without_affine(self.dtype, 'norm_final')(x), shift, scale)
     return _dense(self, self.patch_size**2 * self.out_channels, _zeros, 'linear')(x)
 
 

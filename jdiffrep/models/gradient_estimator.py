@@ -40,8 +40,6 @@ class ZModulatedBlock(nn.Module):
                      name='z_modulation')(z)
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(t_mod, 6, -1)
     zshift_msa, zscale_msa, zshift_mlp, zscale_mlp = jnp.split(z_mod, 4, -1)
-    norm = lambda name: nn.LayerNorm(1e-6, use_bias=False, use_scale=False, dtype=self.dtype,
-                                     name=name)
 
     def modulated(h, shift, scale, zshift, zscale):
       return dit.modulate(dit.modulate(h, shift, scale), zshift, zscale)
@@ -49,6 +47,7 @@ class ZModulatedBlock(nn.Module):
     attn = dit.Attention(self.num_heads, dtype=self.dtype, attention_impl=self.attention_impl,
                          name='attn')
     mlp = dit.Mlp(int(dim * self.mlp_ratio), dtype=self.dtype, name='mlp')
+    norm = lambda name: dit.layer_norm_without_affine(self.dtype, name)
     x = x + gate_msa[:, None] * attn(
         modulated(norm('norm1')(x), shift_msa, scale_msa, zshift_msa, zscale_msa))
     x = x + gate_mlp[:, None] * mlp(
