@@ -41,6 +41,8 @@ def get_config(arg: str | None = None):
   config.stage_overrides = {
       'diti': {'num_train_steps': 1500, 'optim': {'ema_decay': 0.99}},
       'pdae': {'num_train_steps': 1500, 'optim': {'ema_decay': 0.99}},
+      'sdae': {'num_train_steps': 1500, 'optim': {'ema_decay': 0.99}},
   }
+  config.sdae.latent_dim = 128
   config.evaluate.train_limit = 20_000
   return config

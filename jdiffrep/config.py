@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-VALID_METHODS = ('ddpm', 'diti', 'pdae')
+VALID_METHODS = ('ddpm', 'diti', 'pdae', 'sdae')
 EVALUATE_STAGE = 'evaluate'
 VALID_SCHEDULES = ('linear', 'cosine')
 VALID_DTYPES = ('float32', 'bfloat16', 'float16')
@@ -84,6 +84,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.diti.condition_mode = 'add'  # or 'modulate' (z modulates around the time modulation)
   config.diti.dm_workdir = ml_collections.config_dict.placeholder(str)  # None: <workdir>/ddpm
 
+  # Self-conditional DiT embeddings (SPEC section 4); every (choice) of the spec is a field.
+  config.sdae = ml_collections.ConfigDict()
+  config.sdae.latent_dim = 256  # d of z_t
+  config.sdae.encoder_depth = -1  # DiT blocks in E(x, t); -1: half the denoiser's depth
+  config.sdae.encoder_input = 'x_t'  # 'x_t' (embedding on the Markov chain) or 'x_0'
+  config.sdae.normalize = True  # L2-normalise z_t ("directional vectors")
+  config.sdae.consistency_weight = 0.0  # lambda of 1 - cos(z_t, sg(z_t')); 0 disables it
+  config.sdae.consistency_max_gap = 10  # |t - t'| <= this
+
   # The 'evaluate' pipeline stage (SPEC section 5).
   config.evaluate = ml_collections.ConfigDict()
   config.evaluate.batch_size = 256  # feature extraction
@@ -93,6 +102,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.evaluate.counterfactual_pairs = 64  # test pairs (A, B) for DiTi counterfactuals
   config.evaluate.classifier_train_images = 4000  # the CNN that reads counterfactuals
   config.evaluate.classifier_steps = 2000
+  # Time-steps at which sdae embeddings (and the DM's mid-block features) are probed.
+  config.evaluate.embedding_timesteps = (0, 10, 25, 50, 100, 200, 400)
+  config.evaluate.dm_feature_timesteps = (0, 10, 25, 50, 100, 200, 400)
+  config.evaluate.knn_k = 20
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1  # -1: all devices not used by the other axes

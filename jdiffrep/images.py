@@ -5,8 +5,11 @@ from __future__ import annotations
 import math
 import os
 
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+
+PAIR_COLUMNS = 8  # `interleave_rows` grids: 8 originals, then their 8 outputs
 
 
 def make_grid(images: np.ndarray, *, num_columns: int | None = None, padding: int = 1,
@@ -33,3 +36,17 @@ def save_png(path: str, image: np.ndarray) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   Image.fromarray(np.asarray(image).squeeze() if image.shape[-1] == 1 else image).save(path)
   return path
+
+
+def interleave_rows(originals, outputs, columns: int = PAIR_COLUMNS):
+  """Rows of `columns` originals, each followed by the row of their outputs. Jittable.
+
+  originals, outputs: [N, H, W, C] in [-1, 1] -> [2 * ceil(N / columns) * columns, H, W, C];
+  the last row is padded with white.
+  """
+  rows = -(-originals.shape[0] // columns)
+  pad = rows * columns - originals.shape[0]
+  pair = jnp.stack([jnp.pad(x, ((0, pad), (0, 0), (0, 0), (0, 0)), constant_values=1.0)
+                    for x in (originals, outputs)])  # [2, rows * columns, H, W, C]
+  pair = pair.reshape(2, rows, columns, *originals.shape[1:]).swapaxes(0, 1)
+  return pair.reshape(-1, *originals.shape[1:])

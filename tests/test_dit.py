@@ -84,6 +84,10 @@ def test_capture_block_returns_tokens(tiny):
   assert not np.allclose(tokens0, tokens1)
   with pytest.raises(ValueError, match='capture_block'):
     model.apply(params, x, t, capture_block=2)
+  np.testing.assert_array_equal(model.apply(params, x, t, capture_block=0, tokens_only=True),
+                                tokens0)
+  with pytest.raises(ValueError, match='tokens_only needs capture_block'):
+    model.apply(params, x, t, tokens_only=True)
 
 
 def test_unpatchify_layout_matches_dit():

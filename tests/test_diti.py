@@ -143,7 +143,10 @@ def test_dm_checkpoint_of_another_model_is_rejected(diti_config, run_root):
 
 
 def test_pipeline_runs_every_stage_and_reuses_finished_ones(diti_config, tmp_path):
-  diti_config.pipeline = ('ddpm', 'diti', 'pdae', 'evaluate')
+  diti_config.pipeline = ('ddpm', 'diti', 'pdae', 'sdae', 'evaluate')
+  diti_config.sdae.latent_dim = 16
+  diti_config.evaluate.embedding_timesteps = (0, 100)
+  diti_config.evaluate.dm_feature_timesteps = (0, 100)
   diti_config.stage_overrides = {'ddpm': {'num_train_steps': 4}}
   diti_config.evaluate.probe_epochs = 2
   diti_config.evaluate.reconstruction_images = 4
@@ -155,7 +158,8 @@ def test_pipeline_runs_every_stage_and_reuses_finished_ones(diti_config, tmp_pat
   stages = results['stages']
   assert stages['ddpm']['steps'] == 4 and stages['diti']['steps'] == 8
   assert stages['diti']['method'] == 'diti' and stages['pdae']['method'] == 'pdae'
-  for stage in ('ddpm', 'diti', 'pdae', 'evaluate'):
+  assert stages['sdae']['method'] == 'sdae'
+  for stage in ('ddpm', 'diti', 'pdae', 'sdae', 'evaluate'):
     assert os.path.exists(os.path.join(workdir, stage, 'results.json'))
   evaluation = stages['evaluate']
   assert set(evaluation['attribute_probe']) == {'pixels', 'diti', 'pdae'}
@@ -165,7 +169,20 @@ def test_pipeline_runs_every_stage_and_reuses_finished_ones(diti_config, tmp_pat
     assert len(probe_result['per_attribute_ap']) == 17
   assert len(evaluation['timestep_probe']) == 4  # one per subset group of k = 4
   assert set(evaluation['counterfactual']['change_rates']) == set(evaluation['timestep_probe'])
-  for name in ('timestep_probe.png', 'counterfactuals.png', 'reconstruction_diti.png'):
+  # Every representation is read by the same categorical probes; sdae and the DM along t.
+  categorical = evaluation['categorical_probe']
+  assert set(categorical) == {'pixels', 'diti', 'pdae', 'sdae_t0', 'sdae_t100', 'sdae_mean_t',
+                              'dm_t0', 'dm_t100'}
+  for reading in categorical.values():
+    assert set(reading['linear']['per_attribute']) == {
+        'background', 'position', 'size', 'shape', 'shade', 'texture'}
+    assert 0.0 < reading['linear']['mean'] <= 1.0 and 0.0 < reading['knn']['mean'] <= 1.0
+  summary = evaluation['categorical_probe_summary']
+  assert summary['sdae_best_t']['t'] in (0, 100) and summary['dm_best_t']['t'] in (0, 100)
+  assert summary['sdae_best_t']['linear'] == max(categorical['sdae_t0']['linear']['mean'],
+                                                 categorical['sdae_t100']['linear']['mean'])
+  for name in ('timestep_probe.png', 'counterfactuals.png', 'reconstruction_diti.png',
+               'accuracy_vs_t.png'):
     assert os.path.getsize(os.path.join(workdir, 'evaluate', name)) > 0
   assert os.path.exists(os.path.join(workdir, 'results.json'))
   # The same command again: training stages are finished, so each returns its saved results.

@@ -257,6 +257,41 @@ def test_class_probe_marks_absent_classes_nan():
   assert np.all(result.test_per_label[:2] > 0.9)
 
 
+def test_categorical_probe_reads_each_attribute_with_its_own_head():
+  """Attribute 0 is the blob class (linearly readable), attribute 1 is random (chance = 1/3)."""
+  rng = np.random.default_rng(7)
+  splits = []
+  for seed, n in ((0, 3000), (1, 1000), (2, 2000)):
+    x, y = gaussian_blobs(seed, n)
+    splits += [x, np.stack([y, rng.integers(0, 3, n)], axis=1)]
+  result = probe.train_categorical_probe(*splits, num_classes=[10, 3])
+  test_x, test_y = splits[4], splits[5]
+  assert result.metric_name == 'mean_top1_accuracy'
+  assert result.weights.shape == (16, 13)
+  assert result.test_per_label[0] > 0.95
+  assert result.test_per_label[1] == pytest.approx(1 / 3, abs=0.05)
+  logits = test_x @ result.weights + result.bias
+  reproduced = [np.mean(logits[:, :10].argmax(1) == test_y[:, 0]),
+                np.mean(logits[:, 10:].argmax(1) == test_y[:, 1])]
+  np.testing.assert_allclose(result.test_per_label, reproduced, atol=1e-3)
+  assert result.test_metric == pytest.approx(np.mean(result.test_per_label))
+  with pytest.raises(ValueError, match=r'test_y must be \[N, A=2\]'):
+    probe.train_categorical_probe(*splits[:5], test_y[:, :1], num_classes=[10, 3])
+
+
+def test_knn_attribute_accuracy_equals_one_knn_per_attribute():
+  rng = np.random.default_rng(3)
+  train_x, test_x = rng.standard_normal((300, 8)), rng.standard_normal((50, 8))
+  train_y = np.stack([rng.integers(0, 4, 300), (train_x[:, 0] > 0).astype(int)], axis=1)
+  test_y = np.stack([rng.integers(0, 4, 50), (test_x[:, 0] > 0).astype(int)], axis=1)
+  together = probe.knn_attribute_accuracy(train_x, train_y, test_x, test_y, num_classes=[4, 2],
+                                          k=7, batch_size=16)
+  separate = [probe.knn_accuracy(train_x, train_y[:, a], test_x, test_y[:, a], k=7,
+                                 num_classes=c) for a, c in enumerate((4, 2))]
+  np.testing.assert_allclose(together, separate)
+  assert together[1] > 0.8  # the sign of feature 0 is what cosine neighbours share
+
+
 # ----------------------------------------------------------------------------------------------
 # kNN.
 # ----------------------------------------------------------------------------------------------

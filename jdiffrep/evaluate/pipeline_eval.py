@@ -1,12 +1,15 @@
 """The 'evaluate' pipeline stage: probes and reconstructions of every representation trained.
 
-Reads the EMA parameters of the representation stages in the workdir (DiTi, PDAE), extracts
-their z for the train / validation / test splits in one pass (next to raw pixels as the
-baseline), trains a linear attribute probe on each (SPEC section 5), measures DDIM
-reconstruction, and for DiTi runs the time-step probe (AP of each subset group alone, as a
-heat map) and counterfactual generation (swap one subset group of z from B into A; a CNN
-trained on the dataset's labels reads which attributes moved). Writes
-`<workdir>/evaluate/results.json` and the PNGs next to it.
+Reads the EMA parameters of the representation stages in the workdir (DiTi, PDAE, sdae, and
+the DM as a feature baseline), extracts their features for the train / validation / test
+splits in one pass (next to raw pixels as the baseline), and reports:
+* a linear attribute probe (mean AP, SPEC section 5) on pixels, DiTi and PDAE;
+* categorical-label probes (linear, DDAE protocol, and kNN) on every feature set, including
+  sdae's z_t and the DM's mid-block features at a sweep of t, with an accuracy-vs-t plot;
+* DDIM reconstruction, and for DiTi the time-step probe (AP of each subset group alone, as a
+  heat map) and counterfactual generation (swap one subset group of z from B into A; a CNN
+  trained on the dataset's labels reads which attributes moved).
+Writes `<workdir>/evaluate/results.json` and the PNGs next to it.
 """
 
 from __future__ import annotations
@@ -26,11 +29,13 @@ from jdiffrep import methods
 from jdiffrep.data import pipeline
 from jdiffrep.data import registry
 from jdiffrep.evaluate import counterfactual
+from jdiffrep.evaluate import embedding_probe
 from jdiffrep.evaluate import features
 from jdiffrep.evaluate import probe
 from jdiffrep.evaluate import timestep_probe
 
-REPRESENTATION_METHODS = ('diti', 'pdae')
+REPRESENTATION_METHODS = ('diti', 'pdae')  # z of the clean image; attribute mAP probes
+ATTRIBUTE_PROBE_FEATURES = ('pixels',) + REPRESENTATION_METHODS
 
 
 def _split_names(spec: registry.DatasetSpec) -> dict[str, str]:
@@ -54,7 +59,7 @@ def load_representation(config, workdir: str, name: str, image_shape):
 def attribute_probes(feature_sets: dict, attribute_names, *, epochs: int, seed: int) -> dict:
   """A linear attribute probe per feature set: test mean AP and AP per attribute."""
   results = {}
-  for name in feature_sets['train']['features']:
+  for name in [n for n in feature_sets['train']['features'] if n in ATTRIBUTE_PROBE_FEATURES]:
     split_x = {s: feature_sets[s]['features'][name] for s in ('train', 'validation', 'test')}
     split_y = {s: feature_sets[s]['attributes'] for s in ('train', 'validation', 'test')}
     result = probe.train_attribute_probe(
@@ -139,10 +144,20 @@ def evaluate(config, workdir: str) -> dict:
   loaded = {name: load_representation(config, workdir, name, image_shape)
             for name in REPRESENTATION_METHODS if name in config.pipeline}
 
+  # sdae's z_t, and the DM's own features as its baseline, along a sweep of t.
+  sdae = (load_representation(config, workdir, 'sdae', image_shape)[:2]
+          if 'sdae' in config.pipeline else None)
+  dm = (load_representation(config, workdir, 'ddpm', image_shape)[:2]
+        if sdae is not None and 'ddpm' in config.pipeline else None)
+  sweep_fn = embedding_probe.sweep_features(
+      sdae, dm, sdae_timesteps=tuple(eval_config.embedding_timesteps),
+      dm_timesteps=tuple(eval_config.dm_feature_timesteps), seed=config.seed)
+
   def feature_fn(x):
     out = {'pixels': x.reshape(x.shape[0], -1)}
     for name, (method, params, _) in loaded.items():
       out[name] = method.encode(params, x)
+    out.update(sweep_fn(x))
     return out
 
   feature_fn = jax.jit(feature_fn)
@@ -158,6 +173,16 @@ def evaluate(config, workdir: str) -> dict:
   if 'attributes' in feature_sets['train']:
     results['attribute_probe'] = attribute_probes(
         feature_sets, spec.attribute_names, epochs=eval_config.probe_epochs, seed=config.seed)
+
+  if all(feature_sets[s]['labels'] for s in embedding_probe.SPLITS):
+    categorical = embedding_probe.probe_features(
+        feature_sets, list(feature_sets['train']['features']), epochs=eval_config.probe_epochs,
+        seed=config.seed, knn_k=eval_config.knn_k)
+    results['categorical_probe'] = categorical
+    results['categorical_probe_summary'] = embedding_probe.summarize(categorical)
+    if sdae is not None:
+      results['accuracy_vs_t_plot'] = embedding_probe.plot_accuracy_vs_t(
+          categorical, os.path.join(out_dir, 'accuracy_vs_t.png'))
 
   test_images = pipeline.first_images(config.dataset, eval_config.reconstruction_images)
   results['reconstruction'] = {}

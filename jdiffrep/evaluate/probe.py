@@ -7,7 +7,8 @@
   cross-entropy, Adam 1e-3 with cosine decay over all steps, batch 128, 15 epochs; top-1 accuracy
   of the epoch with the best validation accuracy. The protocol's random crop + flip augmentation
   acts on images, so it belongs to feature extraction; on precomputed features there is none.
-* `knn_accuracy`: cosine-similarity kNN (k = 20), the cheap second view.
+* `train_categorical_probe`: the same for several categorical attributes at once (one head each).
+* `knn_accuracy`, `knn_attribute_accuracy`: cosine-similarity kNN (k = 20), the cheap second view.
 
 Features are NumPy arrays `[N, D]`; nothing here touches the encoder. Epochs are numbered from 0.
 A probe run is deterministic given `seed`: the Linear layer is initialised from
@@ -396,6 +397,66 @@ def train_class_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarra
                      weights=weights, bias=bias)
 
 
+def train_categorical_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
+                            val_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
+                            num_classes, epochs: int = 15, batch_size: int = 128,
+                            learning_rate: float = 1e-3, seed: int = 0, standardize: bool = True,
+                            cosine_decay: bool = True) -> ProbeResult:
+  """One linear classification probe per categorical attribute, trained as one Linear layer.
+
+  The layer's outputs are the attributes' logits side by side and the loss is the sum of their
+  softmax cross-entropies, so every attribute's head gets exactly its own gradient (Adam is
+  per-parameter): A probes of the DDAE protocol for the price of one. The epoch is chosen by the
+  validation accuracy averaged over attributes.
+
+  Args:
+    train_y, val_y, test_y: [N_split, A] int class index of each attribute.
+    num_classes: [A] number of values of each attribute.
+    (the rest as `train_class_probe`)
+
+  Returns:
+    A `ProbeResult` with test accuracy averaged over attributes and per attribute ([A]); the
+    weights [D, sum(num_classes)] hold the heads side by side.
+  """
+  num_classes = [int(c) for c in num_classes]
+  _check_positive(epochs=epochs, batch_size=batch_size, **{f'num_classes[{i}]': c
+                                                           for i, c in enumerate(num_classes)})
+  train_x, val_x, test_x, mean, std = _prepare_features(train_x, val_x, test_x, standardize)
+  labels = {}
+  for name, y, x in (('train_y', train_y, train_x), ('val_y', val_y, val_x),
+                     ('test_y', test_y, test_x)):
+    y = np.asarray(y)
+    if y.ndim != 2 or y.shape[1] != len(num_classes):
+      raise ValueError(f'{name} must be [N, A={len(num_classes)}] class indices, got {y.shape}')
+    labels[name] = np.stack([_as_class_labels(f'{name}[:, {a}]', y[:, a], x.shape[0], c)
+                             for a, c in enumerate(num_classes)], axis=1)
+  offsets = np.concatenate([[0], np.cumsum(num_classes)])
+
+  def per_example_loss(logits, y):
+    return sum(optax.softmax_cross_entropy_with_integer_labels(logits[:, lo:hi], y[:, a])
+               for a, (lo, hi) in enumerate(zip(offsets[:-1], offsets[1:])))
+
+  def accuracy_per_attribute(logits, y):
+    return np.array([np.mean(logits[:, lo:hi].argmax(axis=-1) == y[:, a])
+                     for a, (lo, hi) in enumerate(zip(offsets[:-1], offsets[1:]))])
+
+  total_steps = epochs * math.ceil(train_x.shape[0] / batch_size)
+  schedule = (optax.cosine_decay_schedule(learning_rate, total_steps) if cosine_decay
+              else learning_rate)
+  best_epoch, validation_metrics, params = _fit_linear_probe(
+      train_x, labels['train_y'], val_x,
+      lambda val_logits: accuracy_per_attribute(val_logits, labels['val_y']).mean(),
+      num_outputs=int(offsets[-1]), per_example_loss=per_example_loss, learning_rate=schedule,
+      epochs=epochs, batch_size=batch_size, seed=seed)
+  test_accuracy = accuracy_per_attribute(np.asarray(_linear_logits(params, test_x)),
+                                         labels['test_y'])
+  weights, bias = _fold_standardization(params['kernel'], params['bias'], mean, std)
+  return ProbeResult(metric_name='mean_top1_accuracy', best_epoch=best_epoch,
+                     validation_metrics=validation_metrics,
+                     test_metric=float(test_accuracy.mean()), test_per_label=test_accuracy,
+                     weights=weights, bias=bias)
+
+
 # ----------------------------------------------------------------------------------------------
 # kNN.
 # ----------------------------------------------------------------------------------------------
@@ -407,45 +468,79 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
   return x / np.where(norms > 0, norms, 1.0)
 
 
-@functools.partial(jax.jit, static_argnames=('k', 'num_classes'))
-def _knn_vote(queries: jax.Array, train_features: jax.Array, train_labels: jax.Array, *, k: int,
-              num_classes: int, temperature: float) -> jax.Array:
-  """queries [B, D], train_features [N, D] (unit rows), train_labels [N] -> predictions [B]."""
-  similarity = queries @ train_features.T  # [B, N] cosine similarity
-  top_similarity, top_indices = jax.lax.top_k(similarity, k)  # [B, k]
-  weights = jnp.exp(top_similarity / temperature)
-  votes = jnp.einsum('bk,bkc->bc', weights, jax.nn.one_hot(train_labels[top_indices], num_classes))
-  return jnp.argmax(votes, axis=-1)
+@functools.partial(jax.jit, static_argnames=('k',))
+def _nearest(queries: jax.Array, train_features: jax.Array, *, k: int):
+  """queries [B, D], train_features [N, D] (unit rows) -> (similarity [B, k], indices [B, k])."""
+  return jax.lax.top_k(queries @ train_features.T, k)
+
+
+def knn_neighbours(train_x: np.ndarray, query_x: np.ndarray, *, k: int = 20,
+                   batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+  """The k most cosine-similar training rows of every query: (similarity [M, k], index [M, k]).
+
+  Features are L2-normalised first, so the dot product is the cosine similarity; queries run
+  through jax in batches of `batch_size` (padded: one compilation).
+  """
+  _check_positive(k=k, batch_size=batch_size)
+  train_x, query_x = _as_features('train_x', train_x), _as_features('query_x', query_x)
+  _check_same_width(train_x=train_x, query_x=query_x)
+  if k > train_x.shape[0]:
+    raise ValueError(f'k={k} is larger than the number of training examples {train_x.shape[0]}')
+  train_features = jnp.asarray(l2_normalize(train_x))
+  queries = l2_normalize(query_x)
+  batch_size = min(batch_size, queries.shape[0])
+  padding = -queries.shape[0] % batch_size
+  queries = np.concatenate([queries, np.zeros((padding, queries.shape[1]), np.float32)])
+  found = [jax.device_get(_nearest(jnp.asarray(queries[i:i + batch_size]), train_features, k=k))
+           for i in range(0, queries.shape[0], batch_size)]
+  similarity = np.concatenate([f[0] for f in found])[:query_x.shape[0]]
+  indices = np.concatenate([f[1] for f in found])[:query_x.shape[0]]
+  return similarity, indices
+
+
+def knn_vote(similarity: np.ndarray, neighbour_labels: np.ndarray, num_classes: int, *,
+             temperature: float = 0.07) -> np.ndarray:
+  """Weighted vote [M] from neighbours' similarity [M, k] and labels [M, k] (DINO weighting).
+
+  Each neighbour votes for its class with weight exp(similarity / temperature); ties go to the
+  lowest class index.
+  """
+  weights = np.exp((similarity.astype(np.float64) - 1.0) / temperature)  # shifted: no overflow
+  votes = np.zeros((similarity.shape[0], num_classes))
+  np.add.at(votes, (np.arange(similarity.shape[0])[:, None], neighbour_labels), weights)
+  return votes.argmax(axis=-1)
 
 
 def knn_predict(train_x: np.ndarray, train_y: np.ndarray, query_x: np.ndarray, *, k: int = 20,
                 num_classes: int, batch_size: int = 1024, temperature: float = 0.07) -> np.ndarray:
   """Weighted kNN class predictions [M] for query_x [M, D] from labelled train_x [N, D].
 
-  Features are L2-normalised, so the dot product is the cosine similarity. Each of the k most
-  similar training examples votes for its class with weight exp(similarity / temperature), the
-  weighting of DINO's kNN evaluation (Caron et al. 2021; temperature 0.07 as there): closer
-  neighbours count more, and with a small temperature the nearest ones dominate. Ties in the
-  vote go to the lowest class index. Queries run through jax in batches of `batch_size`.
+  Cosine similarity; each of the k most similar training examples votes for its class with weight
+  exp(similarity / temperature), the weighting of DINO's kNN evaluation (Caron et al. 2021;
+  temperature 0.07 as there): closer neighbours count more. Ties go to the lowest class index.
   """
-  _check_positive(k=k, num_classes=num_classes, batch_size=batch_size)
-  train_x, query_x = _as_features('train_x', train_x), _as_features('query_x', query_x)
-  _check_same_width(train_x=train_x, query_x=query_x)
-  train_y = _as_class_labels('train_y', train_y, train_x.shape[0], num_classes)
-  if k > train_x.shape[0]:
-    raise ValueError(f'k={k} is larger than the number of training examples {train_x.shape[0]}')
+  _check_positive(num_classes=num_classes)
+  train_y = _as_class_labels('train_y', train_y, np.shape(train_x)[0], num_classes)
+  similarity, indices = knn_neighbours(train_x, query_x, k=k, batch_size=batch_size)
+  return knn_vote(similarity, train_y[indices], num_classes, temperature=temperature)
 
-  train_features = jnp.asarray(l2_normalize(train_x))
-  train_labels = jnp.asarray(train_y)
-  queries = l2_normalize(query_x)
-  batch_size = min(batch_size, queries.shape[0])
-  padding = -queries.shape[0] % batch_size  # pad so every batch has one shape: one compilation
-  queries = np.concatenate([queries, np.zeros((padding, queries.shape[1]), np.float32)])
-  predictions = [
-      _knn_vote(jnp.asarray(queries[start:start + batch_size]), train_features, train_labels,
-                k=k, num_classes=num_classes, temperature=temperature)
-      for start in range(0, queries.shape[0], batch_size)]
-  return np.concatenate([np.asarray(p) for p in predictions])[:query_x.shape[0]]
+
+def knn_attribute_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                           test_y: np.ndarray, *, num_classes, k: int = 20,
+                           batch_size: int = 1024, temperature: float = 0.07) -> np.ndarray:
+  """kNN top-1 accuracy [A] for A categorical attributes at once (one neighbour search).
+
+  train_y [N, A], test_y [M, A] int; num_classes: [A] values per attribute.
+  """
+  train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+  similarity, indices = knn_neighbours(train_x, test_x, k=k, batch_size=batch_size)
+  accuracy = []
+  for a, classes in enumerate(num_classes):
+    train_a = _as_class_labels(f'train_y[:, {a}]', train_y[:, a], len(train_y), classes)
+    test_a = _as_class_labels(f'test_y[:, {a}]', test_y[:, a], len(indices), classes)
+    predictions = knn_vote(similarity, train_a[indices], classes, temperature=temperature)
+    accuracy.append(np.mean(predictions == test_a))
+  return np.array(accuracy)
 
 
 def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,

@@ -4,11 +4,13 @@ import functools
 
 from jdiffrep.methods import ddpm
 from jdiffrep.methods import diti
+from jdiffrep.methods import sdae
 
 METHODS = {
     'ddpm': ddpm.DDPM.from_config,
     'diti': diti.DiTi.from_config,
     'pdae': functools.partial(diti.DiTi.from_config, pdae=True),
+    'sdae': sdae.SDAE.from_config,
 }
 
 

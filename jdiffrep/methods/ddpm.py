@@ -47,6 +47,27 @@ class DDPM:
   def load_frozen(self) -> dict:
     return {}
 
+  def abstract_params(self):
+    """ShapeDtypeStructs of `init_params`' output, to check restored checkpoints against."""
+    return jax.eval_shape(self.init_params, jax.random.PRNGKey(0))
+
+  @property
+  def feature_block(self) -> int:
+    """The middle block, whose tokens DDAE-style features are read from."""
+    return max(self.model.depth // 2 - 1, 0)
+
+  def mid_features(self, params, x0: jax.Array, t: int, rng: jax.Array) -> jax.Array:
+    """DDAE-style features [B, hidden]: the middle block's tokens on x_t, mean-pooled (float32).
+
+    x0: [B, H, W, C] clean images, noised to step t with noise from `rng`.
+    """
+    t_batch = jnp.full((x0.shape[0],), t, jnp.int32)
+    x_t = diffusion.q_sample(self.schedule, x0, t_batch,
+                             jax.random.normal(rng, x0.shape, jnp.float32))
+    tokens = self.model.apply({'params': params}, x_t, t_batch, capture_block=self.feature_block,
+                              tokens_only=True)
+    return jnp.mean(tokens.astype(jnp.float32), axis=1)
+
   def loss(self, params, frozen, batch: dict, rng: jax.Array):
     """MSE of the network's target (eps, or v) on `batch['image']` [B, H, W, C] at uniform t."""
     del frozen

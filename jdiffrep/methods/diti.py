@@ -21,13 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdiffrep import diffusion
+from jdiffrep import images as images_lib
 from jdiffrep import timestep_features
 from jdiffrep.models import dit
 from jdiffrep.models import encoders
 from jdiffrep.models import gradient_estimator
-
-
-PREVIEW_COLUMNS = 8  # preview grids show 8 originals, then their 8 reconstructions
 
 
 def shift_coefficient(schedule: diffusion.Schedule) -> jax.Array:
@@ -182,9 +180,4 @@ class DiTi:
     del rng
     recon = jnp.clip(self.reconstruct(params, frozen, images,
                                       num_steps=self.reconstruction_steps), -1.0, 1.0)
-    rows = -(-images.shape[0] // PREVIEW_COLUMNS)
-    pad = rows * PREVIEW_COLUMNS - images.shape[0]
-    pair = jnp.stack([jnp.pad(x, ((0, pad), (0, 0), (0, 0), (0, 0)), constant_values=1.0)
-                      for x in (images, recon)])  # [2, rows * 8, H, W, C]
-    pair = pair.reshape(2, rows, PREVIEW_COLUMNS, *images.shape[1:]).swapaxes(0, 1)
-    return pair.reshape(-1, *images.shape[1:])
+    return images_lib.interleave_rows(images, recon)

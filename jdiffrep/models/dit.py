@@ -273,14 +273,16 @@ class DiT(nn.Module):
       t: jax.Array,
       cond: jax.Array | None = None,
       capture_block: int | None = None,
+      tokens_only: bool = False,
   ):
     """x: [B, H, W, C]; t: [B] (or scalar) time-steps; cond: optional [B, hidden_size] added to
     the time embedding.
 
     Returns eps: [B, H, W, out_channels] float32, or (eps, tokens) when `capture_block` is i,
     with tokens: [B, (H/p)*(W/p), hidden_size] the output of block i (0-based), in `dtype`.
+    With `tokens_only`, stops after block i and returns the tokens alone (features are cheaper).
     """
-    self._check_inputs(x, cond, capture_block)
+    self._check_inputs(x, cond, capture_block, tokens_only)
     batch, height, width, channels = x.shape
     p = self.patch_size
     grid_h, grid_w = height // p, width // p
@@ -311,6 +313,8 @@ class DiT(nn.Module):
       )(tokens, c)
       if i == capture_block:
         captured = tokens
+        if tokens_only:
+          return captured
 
     out = FinalLayer(
         p, out_channels, dtype=self.dtype, param_dtype=self.param_dtype, name='final_layer'
@@ -318,7 +322,7 @@ class DiT(nn.Module):
     eps = unpatchify(out, grid_h, grid_w, p, out_channels).astype(jnp.float32)
     return eps if capture_block is None else (eps, captured)
 
-  def _check_inputs(self, x, cond, capture_block) -> None:
+  def _check_inputs(self, x, cond, capture_block, tokens_only=False) -> None:
     """Raise ValueError on inputs the model cannot handle."""
     if x.ndim != 4:
       raise ValueError(f'DiT expects images [B, H, W, C], got shape {x.shape}.')
@@ -336,6 +340,8 @@ class DiT(nn.Module):
           f'cond must have shape [B, hidden_size] = {(x.shape[0], self.hidden_size)}, '
           f'got {cond.shape}.'
       )
+    if tokens_only and capture_block is None:
+      raise ValueError('tokens_only needs capture_block: the block whose tokens to return.')
     if capture_block is not None and not 0 <= capture_block < self.depth:
       raise ValueError(f'capture_block must be in [0, {self.depth}), got {capture_block}.')
 

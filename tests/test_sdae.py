@@ -1,0 +1,137 @@
+"""Self-conditional DiT ('sdae'): the encoder, joint training, embeddings, probes along t."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jdiffrep import diffusion
+from jdiffrep import methods
+from jdiffrep import train
+from jdiffrep.data import pipeline
+from jdiffrep.evaluate import embedding_probe
+from jdiffrep.methods import sdae
+from jdiffrep.models import sdae as sdae_model
+
+
+def _method(config, **sdae_fields):
+  config = config.copy_and_resolve_references()
+  config.method = 'sdae'
+  config.sdae.latent_dim = 16
+  config.sdae.update(sdae_fields)
+  return methods.make_method(config, (32, 32, 3))
+
+
+def _images(seed=0, n=4):
+  return jax.random.uniform(jax.random.PRNGKey(seed), (n, 32, 32, 3), minval=-1.0, maxval=1.0)
+
+
+def test_encoder_gives_unit_vectors_that_depend_on_the_image():
+  encoder = sdae_model.TimestepEncoder(depth=1, hidden_size=32, num_heads=2, patch_size=8,
+                                       latent_dim=8)
+  x, t = _images(), jnp.array([0, 10, 500, 999])
+  params = encoder.init(jax.random.PRNGKey(1), x, t)
+  z = encoder.apply(params, x, t)
+  assert z.shape == (4, 8) and z.dtype == jnp.float32
+  np.testing.assert_allclose(np.linalg.norm(z, axis=-1), 1.0, rtol=1e-5)
+  assert float(jnp.abs(z[0] - z[1]).max()) > 1e-3  # different images, different z
+  raw = sdae_model.TimestepEncoder(depth=1, hidden_size=32, num_heads=2, patch_size=8,
+                                   latent_dim=8, normalize=False).apply(params, x, t)
+  np.testing.assert_allclose(z, raw / np.linalg.norm(raw, axis=-1, keepdims=True), rtol=1e-5)
+
+
+def test_parameters_are_encoder_projection_and_a_plain_dit(tiny_config):
+  method = _method(tiny_config, encoder_depth=1)
+  params = method.init_params(jax.random.PRNGKey(0))
+  assert set(params) == {'encoder', 'z_proj', 'denoiser'}
+  assert params['z_proj']['kernel'].shape == (16, 128)
+  # The denoiser is an ordinary DiT tree: XXS has 4 blocks; the encoder has the asked-for 1.
+  assert {k for k in params['denoiser'] if k.startswith('blocks_')} == {f'blocks_{i}'
+                                                                        for i in range(4)}
+  assert {k for k in params['encoder'] if k.startswith('blocks_')} == {'blocks_0'}
+  assert params['encoder']['x_embedder']['proj']['kernel'].shape == (
+      params['denoiser']['x_embedder']['proj']['kernel'].shape)
+
+
+def test_joint_training_lowers_the_loss_and_trains_both_networks(tiny_config):
+  tiny_config.optim.learning_rate = 2e-3
+  method = _method(tiny_config)
+  tx, lr = train.make_optimizer(tiny_config.optim)
+  state = train.init_train_state(method, tx, jax.random.PRNGKey(0))
+  initial = jax.tree.map(np.asarray, state.params)
+  it = pipeline.make_train_iterator(tiny_config.dataset, global_batch_size=16, seed=0)
+  held_out = {'image': jnp.asarray(next(it)['image'])}
+  fixed_loss = jax.jit(lambda p: method.loss(p, {}, held_out, jax.random.PRNGKey(5))[0])
+  step = jax.jit(lambda s, b: train.train_step(s, {}, b, method=method, tx=tx, learning_rate=lr,
+                                               ema_decay=0.9))
+  before = float(fixed_loss(state.params))
+  for _ in range(30):
+    state, _ = step(state, {'image': jnp.asarray(next(it)['image'])})
+  assert float(fixed_loss(state.params)) < 0.8 * before
+  for part in ('encoder', 'z_proj', 'denoiser'):
+    moved = [float(np.abs(np.asarray(a) - b).max()) for a, b in
+             zip(jax.tree.leaves(state.params[part]), jax.tree.leaves(initial[part]))]
+    assert max(moved) > 0, part
+  # The denoising loss reaches the encoder: its gradient is non-zero once the adaLN layers that
+  # read z (zero at init) have moved.
+  grads = jax.grad(lambda p: method.loss(p, {}, held_out, jax.random.PRNGKey(5))[0])(state.params)
+  assert float(sum(jnp.abs(g).sum() for g in jax.tree.leaves(grads['encoder']))) > 0
+
+
+def test_the_consistency_term_is_one_minus_cosine_of_neighbouring_embeddings(tiny_config):
+  a = jnp.array([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]])
+  b = jnp.array([[2.0, 0.0], [1.0, 0.0], [-3.0, -4.0]])
+  np.testing.assert_allclose(sdae.cosine_similarity(a, b), [1.0, 0.0, -1.0], atol=1e-6)
+  plain = _method(tiny_config)
+  with_term = _method(tiny_config, consistency_weight=0.5, consistency_max_gap=5)
+  params = plain.init_params(jax.random.PRNGKey(0))
+  batch, rng = {'image': _images(n=8)}, jax.random.PRNGKey(3)
+  loss, metrics = with_term.loss(params, {}, batch, rng)
+  assert 0.0 <= float(metrics['consistency_loss']) <= 2.0
+  np.testing.assert_allclose(loss, metrics['denoising_loss'] + 0.5 * metrics['consistency_loss'],
+                             rtol=1e-6)
+  plain_loss, plain_metrics = plain.loss(params, {}, batch, rng)
+  assert 'consistency_loss' not in plain_metrics
+  np.testing.assert_allclose(plain_loss, metrics['denoising_loss'], rtol=1e-6)
+
+
+def test_embeddings_read_x_t_or_x_0(tiny_config):
+  x0 = _images(n=2)
+  on_chain = _method(tiny_config, encoder_input='x_t')
+  params = on_chain.init_params(jax.random.PRNGKey(0))
+  key_a, key_b = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
+  z_a = on_chain.embed(params, x0, 300, key_a)
+  np.testing.assert_array_equal(z_a, on_chain.embed(params, x0, 300, key_a))  # deterministic
+  assert float(jnp.abs(z_a - on_chain.embed(params, x0, 300, key_b)).max()) > 1e-4  # x_t noise
+  # The embedding is E(q_sample(x0, t, eps), t) with eps drawn from the key.
+  eps = jax.random.normal(key_a, x0.shape)
+  t = jnp.full((2,), 300)
+  np.testing.assert_allclose(
+      z_a, on_chain.encode(params, diffusion.q_sample(on_chain.schedule, x0, t, eps), t),
+      atol=1e-5)
+  clean = _method(tiny_config, encoder_input='x_0')
+  np.testing.assert_array_equal(clean.embed(params, x0, 300, key_a),
+                                clean.embed(params, x0, 300, key_b))
+
+
+def test_bad_sdae_config_names_the_field(tiny_config):
+  with pytest.raises(ValueError, match='config.sdae.encoder_input'):
+    _method(tiny_config, encoder_input='noise')
+  with pytest.raises(ValueError, match='consistency_weight'):
+    _method(tiny_config, consistency_weight=-1.0)
+
+
+def test_sweep_features_and_summary():
+  results = {
+      'sdae_t0': {'linear': {'mean': 0.7}, 'knn': {'mean': 0.6}},
+      'sdae_t100': {'linear': {'mean': 0.9}, 'knn': {'mean': 0.8}},
+      'sdae_t25': {'linear': {'mean': 0.8}, 'knn': {'mean': 0.85}},
+      'dm_t0': {'linear': {'mean': 0.5}, 'knn': {'mean': 0.4}},
+      'pixels': {'linear': {'mean': 0.75}, 'knn': {'mean': 0.7}},
+  }
+  assert embedding_probe.sweep_curve(results, 'sdae') == [(0, 0.7), (25, 0.8), (100, 0.9)]
+  assert embedding_probe.sweep_curve(results, 'sdae', 'knn') == [(0, 0.6), (25, 0.85), (100, 0.8)]
+  summary = embedding_probe.summarize(results)
+  assert summary['sdae_best_t'] == {'t': 100, 'linear': 0.9, 'knn': 0.8}
+  assert summary['dm_best_t']['t'] == 0
+  assert summary['pixels'] == {'linear': 0.75, 'knn': 0.7}
