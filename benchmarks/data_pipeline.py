@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -89,7 +90,7 @@ def main(argv) -> None:
 
   record = {
       'date': datetime.date.today().isoformat(),
-      'command': 'PYTHONPATH=. python ' + ' '.join(sys.argv),
+      'command': 'PYTHONPATH=. python ' + shlex.join(sys.argv),
       'device': f'CPU ({platform.machine()}), {os.cpu_count()} cores visible',
       'note': _NOTE.value,
       'jax': jax.__version__,

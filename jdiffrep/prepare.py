@@ -6,6 +6,7 @@ r"""Converts a dataset from its original files into the array_record TFDS format
   python -m jdiffrep.prepare --dataset=cifar10 --source=/data/cifar-10-batches-py
   python -m jdiffrep.prepare --dataset=folder --source=/data/mine --name=mine \
       [--labels_csv=/data/mine.csv]
+  python -m jdiffrep.prepare --dataset=celeba --source=tfds   # TFDS's celeb_a, built in --data_dir
 
 Runs once per dataset and resolution (default: the one its config trains at). Writes
 `<data_dir>/jdiffrep_<dataset>/<config>/1.0.0/`: images cropped and resized to the resolution,
@@ -87,17 +88,30 @@ def _dataset_config(dataset: str, resolution: int, name: str | None):
   )
 
 
+TFDS_SOURCE = 'tfds'  # --source=tfds: TFDS's own builder, already built in --data_dir
+
+
 def read_source(
-    dataset: str, source_dir: str, *, labels_csv: str | None = None, test_fraction: float = 0.1
+    dataset: str,
+    source_dir: str,
+    *,
+    data_dir: str | None = None,
+    labels_csv: str | None = None,
+    test_fraction: float = 0.1,
 ) -> sources.Source:
-  """Scans `source_dir` with the dataset's reader (folder options only for 'folder')."""
+  """Scans `source_dir` with the dataset's reader (folder options only for 'folder').
+
+  `source_dir='tfds'` reads TFDS's own builder of the dataset, already built in `data_dir`.
+  """
   if dataset not in READERS:
     raise ValueError(f'Unknown dataset {dataset!r}; prepare knows {sorted(READERS)}.')
+  if labels_csv and dataset != 'folder':
+    raise ValueError(f'--labels_csv is for --dataset=folder; {dataset} brings its own labels.')
+  if source_dir == TFDS_SOURCE:
+    return sources.read_tfds(dataset, data_dir or registry.default_data_dir())
   reader = READERS[dataset][1]
   if dataset == 'folder':
     return reader(source_dir, labels_csv, test_fraction=test_fraction)
-  if labels_csv:
-    raise ValueError(f'--labels_csv is for --dataset=folder; {dataset} brings its own labels.')
   return reader(source_dir)
 
 
@@ -117,7 +131,8 @@ def prepare(
 
   Args:
     dataset: a key of READERS ('celeba', 'ffhq', 'bedroom', 'cifar10', 'folder').
-    source_dir: the original files (see `jdiffrep.data.sources` for each layout).
+    source_dir: the original files (see `jdiffrep.data.sources` for each layout), or 'tfds'
+      for TFDS's own `celeb_a` / `cifar10` / `lsun/bedroom` already built in `data_dir`.
     data_dir: TFDS data dir to write into; None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
     resolution: side of the stored square images; None: the dataset's training resolution.
     on_error: 'fail' stops at the first bad image; 'skip' leaves bad images out and lists them.
@@ -134,6 +149,35 @@ def prepare(
     prepared_builder.PrepareError: a bad image (or label row) with on_error='fail'.
   """
   start = time.perf_counter()
+  data_dir = data_dir or registry.default_data_dir()
+  resolution, tfds_name = _check_and_name(dataset, resolution, on_error, name)
+  dataset_dir = registry.prepared_dir(data_dir, tfds_name)
+  if (dataset_dir / 'dataset_info.json').exists() and not overwrite:
+    logging.info('%s is already prepared in %s (--overwrite rebuilds it).', tfds_name, dataset_dir)
+    info = tfds.builder_from_directory(dataset_dir).info
+    num_examples = {split: info.splits[split].num_examples for split in info.splits}
+    return PrepareResult(str(dataset_dir), tfds_name, num_examples, [], time.perf_counter() - start)
+  logging.info('Scanning %s for %s ...', source_dir, dataset)
+  source = read_source(
+      dataset, source_dir, data_dir=data_dir, labels_csv=labels_csv, test_fraction=test_fraction
+  )
+  return write_source(
+      dataset,
+      source,
+      data_dir,
+      resolution=resolution,
+      on_error=on_error,
+      name=name,
+      overwrite=overwrite,
+      source_description=str(source_dir),
+      start=start,
+  )
+
+
+def _check_and_name(
+    dataset: str, resolution: int | None, on_error: str, name: str | None
+) -> tuple[int, str]:
+  """Validates the options; returns (resolution, TFDS name 'builder/config')."""
   spec = registry.get_spec(dataset)
   if on_error not in prepared_builder.ON_ERROR_CHOICES:
     raise ValueError(
@@ -145,49 +189,49 @@ def prepare(
         'to train on it).'
     )
   resolution = resolution or spec.default_resolution
-  data_dir = data_dir or registry.default_data_dir()
-  tfds_name = registry.tfds_name(_dataset_config(dataset, resolution, name))
-  dataset_dir = registry.prepared_dir(data_dir, tfds_name)
-  if (dataset_dir / 'dataset_info.json').exists() and not overwrite:
-    logging.info(
-        '%s is already prepared in %s (pass --overwrite to rebuild).', tfds_name, dataset_dir
-    )
-    info = tfds.builder_from_directory(dataset_dir).info
-    return PrepareResult(
-        str(dataset_dir),
-        tfds_name,
-        {s: v.num_examples for s, v in info.splits.items()},
-        [],
-        time.perf_counter() - start,
-    )
+  if resolution < 8:
+    raise ValueError(f'resolution={resolution}: the stored images must be at least 8x8.')
+  return resolution, registry.tfds_name(_dataset_config(dataset, resolution, name))
 
-  logging.info('Scanning %s for %s ...', source_dir, dataset)
-  source = read_source(dataset, source_dir, labels_csv=labels_csv, test_fraction=test_fraction)
+
+def write_source(
+    dataset: str,
+    source: sources.Source,
+    data_dir: str,
+    *,
+    resolution: int | None = None,
+    on_error: str = 'fail',
+    name: str | None = None,
+    overwrite: bool = False,
+    source_description: str = '',
+    start: float | None = None,
+) -> PrepareResult:
+  """Writes a scanned `source` as the prepared `dataset` (see `prepare` for the options)."""
+  start = time.perf_counter() if start is None else start
+  resolution, tfds_name = _check_and_name(dataset, resolution, on_error, name)
+  dataset_dir = registry.prepared_dir(data_dir, tfds_name)
   if source.problems and on_error == 'fail':
     raise prepared_builder.PrepareError(
-        f'{len(source.problems)} problem(s) in {source_dir}, first: '
+        f'{len(source.problems)} problem(s) in {source_description or dataset}, first: '
         + prepared_builder.fail_message(source.problems[0])
     )
-  builder_cls = READERS[dataset][0]
-  builder = builder_cls(
+  builder = READERS[dataset][0](
       source=source,
       resolution=resolution,
       config_name=tfds_name.split('/')[1],
       on_error=on_error,
       data_dir=data_dir,
       file_format=prepared_builder.FILE_FORMAT,
-      description=f'{dataset} from {source_dir}, {resolution}x{resolution}.',
+      description=f'{dataset} from {source_description}, {resolution}x{resolution}.',
   )
-  download_config = tfds.download.DownloadConfig(
-      try_download_gcs=False,
-      download_mode=(
-          tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
-          if overwrite
-          else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-      ),
+  mode = (
+      tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
+      if overwrite
+      else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
   )
   builder.download_and_prepare(
-      file_format=prepared_builder.FILE_FORMAT, download_config=download_config
+      file_format=prepared_builder.FILE_FORMAT,
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False, download_mode=mode),
   )
   result = PrepareResult(
       str(dataset_dir),
@@ -198,7 +242,7 @@ def prepare(
   )
   report = {
       'tfds_name': tfds_name,
-      'source': str(source_dir),
+      'source': source_description,
       'resolution': resolution,
       'num_examples': result.num_examples,
       'seconds': round(result.seconds, 2),
@@ -211,7 +255,12 @@ def prepare(
 
 FLAGS = flags.FLAGS
 _DATASET = flags.DEFINE_enum('dataset', None, sorted(READERS), 'Dataset to prepare.')
-_SOURCE = flags.DEFINE_string('source', None, 'Directory with the original files.')
+_SOURCE = flags.DEFINE_string(
+    'source',
+    None,
+    "Directory with the original files, or 'tfds' for TFDS's own builder "
+    '(celeb_a, cifar10, lsun/bedroom) already built in --data_dir as array_record.',
+)
 _DATA_DIR = flags.DEFINE_string(
     'data_dir',
     None,

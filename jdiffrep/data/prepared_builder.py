@@ -85,11 +85,11 @@ def _progress(items: list, description: str):
   """A tqdm bar when tqdm is installed, else a log line every 5% of the items."""
   try:
     import tqdm  # pylint: disable=g-import-not-at-top
-
+  except ImportError:
+    tqdm = None
+  if tqdm is not None:
     yield from tqdm.tqdm(items, desc=description, unit='img', mininterval=2.0)
     return
-  except ImportError:
-    pass
   step = max(1, len(items) // 20)
   for i, item in enumerate(items):
     if i % step == 0:

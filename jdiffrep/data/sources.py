@@ -213,6 +213,8 @@ def read_celeba(source_dir: str) -> Source:
   """CelebA's aligned images with the 40 attributes and the official partition."""
   root = epath.Path(source_dir)
   image_dir = _require(root, 'image folder', 'img_align_celeba')
+  if (image_dir / 'img_align_celeba').is_dir():  # the zip extracted into a folder of its name
+    image_dir = image_dir / 'img_align_celeba'
   attr_path = _require(root, 'attribute file', 'list_attr_celeba.txt', 'Anno/list_attr_celeba.txt')
   partition_path = _require(
       root, 'partition file', 'list_eval_partition.txt', 'Eval/list_eval_partition.txt'
@@ -472,3 +474,65 @@ def read_image_folder(
 def read_ffhq(source_dir: str) -> Source:
   """FFHQ's square PNGs (1024 px originals or 128 px thumbnails), all in the train split."""
   return read_image_folder(source_dir, test_fraction=0.0, square_only=True)
+
+
+# ------------------------------------------------------------------------------------- TFDS
+
+# Our dataset name -> (TFDS's own builder, its splits). Read when already built (array_record).
+TFDS_EQUIVALENTS = {
+    'celeba': ('celeb_a', CELEBA_SPLITS),
+    'cifar10': ('cifar10', ('train', 'test')),
+    'bedroom': ('lsun/bedroom', ('train', 'validation')),
+}
+
+
+def read_tfds(dataset: str, data_dir: str) -> Source:
+  """`dataset` from TFDS's own builder (`celeb_a`, `cifar10`, `lsun/bedroom`), built in `data_dir`.
+
+  Those builders download their files, so this only reads a copy already built there with
+  `--file_format=array_record`. Labels are read while scanning (images left encoded); images
+  are decoded when written.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  if dataset not in TFDS_EQUIVALENTS:
+    raise SourceError(f'{dataset} has no TFDS builder to read; valid: {sorted(TFDS_EQUIVALENTS)}.')
+  name, split_names = TFDS_EQUIVALENTS[dataset]
+  splits = {}
+  for split in split_names:
+    try:
+      full = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+      light = tfds.data_source(
+          name,
+          split=split,
+          data_dir=data_dir,
+          download=False,
+          decoders={'image': tfds.decode.SkipDecoding()},
+      )
+    except Exception as error:  # pylint: disable=broad-except  # tfds raises several kinds
+      raise SourceError(
+          f'TFDS {name!r} split {split!r} cannot be read from {data_dir} ({error}). Build it '
+          f'there first: tfds build {name} --data_dir={data_dir} --file_format=array_record, '
+          'or prepare from the original files with --source=DIR.'
+      ) from error
+    examples = []
+    for index in range(len(full)):
+      attributes = label = None
+      if dataset == 'celeba':
+        record = light[index]['attributes']
+        attributes = np.array([bool(record[n]) for n in CELEBA_ATTRIBUTE_NAMES])
+      elif dataset == 'cifar10':
+        label = int(light[index]['label'])
+      read = lambda full=full, index=index: np.asarray(full[index]['image'])
+      examples.append(RawExample(f'{name}/{split}[{index}]', read, attributes, label))
+    splits[split] = examples
+  if dataset == 'celeba':
+    return Source(
+        splits,
+        attribute_names=CELEBA_ATTRIBUTE_NAMES,
+        image_size=CELEBA_IMAGE_SIZE,
+        crop=CELEBA_CROP,
+    )
+  if dataset == 'cifar10':
+    return Source(splits, label_names=CIFAR10_LABEL_NAMES, image_size=(32, 32))
+  return Source(splits)
