@@ -95,6 +95,7 @@ def main(argv) -> None:
       'note': _NOTE.value,
       'jax': jax.__version__,
       'num_images': result.num_examples['train'],
+      'prepare_workers': os.cpu_count(),
       'prepare_images_per_sec': round(result.num_examples['train'] / prepare_seconds, 1),
       'batch_size': _BATCH_SIZE.value,
       'read_threads': _READ_THREADS.value,

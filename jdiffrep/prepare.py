@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import os
 import time
 from typing import Callable, Sequence
 
@@ -126,6 +127,7 @@ def prepare(
     labels_csv: str | None = None,
     test_fraction: float = 0.1,
     overwrite: bool = False,
+    num_workers: int | None = None,
 ) -> PrepareResult:
   """Converts `source_dir` (original format of `dataset`) into a prepared TFDS dataset.
 
@@ -140,6 +142,8 @@ def prepare(
     labels_csv: for 'folder', an optional CSV of labels or binary attributes.
     test_fraction: for a flat 'folder', the share of files held out as the test split.
     overwrite: rebuild even when the dataset is already prepared.
+    num_workers: threads decoding, resizing and encoding images; None: one per CPU core.
+      The records are written in source order whatever the number.
 
   Returns:
     A PrepareResult; its `summary()` is also logged.
@@ -171,6 +175,7 @@ def prepare(
       overwrite=overwrite,
       source_description=str(source_dir),
       start=start,
+      num_workers=num_workers,
   )
 
 
@@ -205,6 +210,7 @@ def write_source(
     overwrite: bool = False,
     source_description: str = '',
     start: float | None = None,
+    num_workers: int | None = None,
 ) -> PrepareResult:
   """Writes a scanned `source` as the prepared `dataset` (see `prepare` for the options)."""
   start = time.perf_counter() if start is None else start
@@ -223,6 +229,7 @@ def write_source(
       data_dir=data_dir,
       file_format=prepared_builder.FILE_FORMAT,
       description=f'{dataset} from {source_description}, {resolution}x{resolution}.',
+      num_workers=num_workers or os.cpu_count() or 1,
   )
   mode = (
       tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
@@ -293,6 +300,12 @@ _TEST_FRACTION = flags.DEFINE_float(
     0.1,
     'folder only, without train/ and ' 'test/ sub-folders: share of files held out for test.',
 )
+_NUM_WORKERS = flags.DEFINE_integer(
+    'num_workers',
+    None,
+    'Threads decoding, resizing and encoding images; default one per CPU '
+    'core. The output is the same for any number.',
+)
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Rebuild even if already prepared.')
 
 
@@ -309,6 +322,7 @@ def main(argv: Sequence[str]) -> None:
       labels_csv=_LABELS_CSV.value,
       test_fraction=_TEST_FRACTION.value,
       overwrite=_OVERWRITE.value,
+      num_workers=_NUM_WORKERS.value,
   )
   print(result.summary())
 

@@ -536,3 +536,27 @@ def test_tfds_own_builder_is_a_source_with_its_feature_keys_mapped(dataset, tmp_
 def test_tfds_source_not_built_says_how_to_build_it(tmp_path):
   with pytest.raises(sources.SourceError, match='tfds build cifar10'):
     prepare.prepare('cifar10', 'tfds', str(tmp_path))
+
+
+def test_worker_count_does_not_change_the_records(tmp_path):
+  names = [f'img{i:02d}.png' for i in range(24)]
+  _write_folder(tmp_path / 'src', names, size=(20, 24))
+  (tmp_path / 'src' / 'img05.png').write_bytes(b'\x89PNG truncated')  # left out, in order
+  data = {}
+  for workers in (1, 3):
+    out = tmp_path / f'out{workers}'
+    result = prepare.prepare(
+        'folder',
+        str(tmp_path / 'src'),
+        str(out),
+        name='w',
+        resolution=16,
+        on_error='skip',
+        num_workers=workers,
+    )
+    assert [(p.name, p.reason) for p in result.problems] == [('img05.png', 'unreadable image')]
+    config = _dataset_config('folder', out, 16, tfds_config='w')
+    data[workers] = {s: _read_split(config, s)['image'] for s in result.num_examples}
+  assert data[1].keys() == data[3].keys()
+  for split in data[1]:
+    np.testing.assert_array_equal(data[1][split], data[3][split])

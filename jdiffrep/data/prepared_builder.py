@@ -15,6 +15,8 @@ The prepared directory is `<data_dir>/<builder name>/<config>/<version>/`; it is
 
 from __future__ import annotations
 
+import concurrent.futures
+import io
 from typing import Iterator
 
 from absl import logging
@@ -81,20 +83,66 @@ def size_problem(name: str, image: np.ndarray, source: sources.Source) -> source
   return None
 
 
-def _progress(items: list, description: str):
+def encode_png(image: np.ndarray) -> bytes:
+  """[H, W, 3] uint8 -> PNG bytes (PIL; lossless, so records decode to exactly `image`)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
+def convert(raw: sources.RawExample, source: sources.Source, resolution: int):
+  """One source image -> (example for the builder, None), or (None, why it is left out).
+
+  Runs in worker threads (PIL releases the GIL while decoding, resizing and encoding).
+  """
+  try:
+    image = raw.read_image()
+  except Exception as error:  # pylint: disable=broad-except  # decoders raise many kinds
+    return None, sources.Problem(raw.name, 'unreadable image', f'{type(error).__name__}: {error}')
+  problem = size_problem(raw.name, image, source)
+  if problem is not None:
+    return None, problem
+  image = to_training_image(image, source.crop, resolution)
+  if image.shape != (resolution, resolution, 3) or image.dtype != np.uint8:
+    raise AssertionError(
+        f'{raw.name}: converted to {image.shape} {image.dtype}, expected '
+        f'({resolution}, {resolution}, 3) uint8.'
+    )
+  example = {'image': encode_png(image)}
+  if source.attribute_names:
+    example['attributes'] = np.asarray(raw.attributes, dtype=bool)
+  if source.label_names:
+    example['labels'] = {'label': int(raw.label)}
+  return example, None
+
+
+def _progress(items: Iterator, total: int, description: str) -> Iterator:
   """A tqdm bar when tqdm is installed, else a log line every 5% of the items."""
   try:
     import tqdm  # pylint: disable=g-import-not-at-top
   except ImportError:
     tqdm = None
   if tqdm is not None:
-    yield from tqdm.tqdm(items, desc=description, unit='img', mininterval=2.0)
+    yield from tqdm.tqdm(items, total=total, desc=description, unit='img', mininterval=2.0)
     return
-  step = max(1, len(items) // 20)
+  step = max(1, total // 20)
   for i, item in enumerate(items):
     if i % step == 0:
-      logging.info('%s: %d / %d images', description, i, len(items))
+      logging.info('%s: %d / %d images', description, i, total)
     yield item
+
+
+def _converted_in_order(
+    examples: list[sources.RawExample], source: sources.Source, resolution: int, num_workers: int
+) -> Iterator:
+  """`convert` of every example, in order, `num_workers` at a time, a bounded window ahead."""
+  window = 64 * num_workers
+  with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+    for start in range(0, len(examples), window):
+      chunk = examples[start : start + window]
+      yield from pool.map(convert, chunk, [source] * len(chunk), [resolution] * len(chunk))
 
 
 class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -113,6 +161,7 @@ class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       config_name: str,
       on_error: str = 'fail',
       description: str = '',
+      num_workers: int = 1,
       **kwargs,
   ):
     if on_error not in ON_ERROR_CHOICES:
@@ -121,6 +170,7 @@ class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._resolution = resolution
     self._on_error = on_error
     self._description = description
+    self._num_workers = max(1, num_workers)
     self.problems: list[sources.Problem] = []  # images left out while writing
     self.written: dict[str, int] = {}  # split -> images written
     super().__init__(config=tfds.core.BuilderConfig(name=config_name), **kwargs)
@@ -166,23 +216,12 @@ class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, split: str, examples: list[sources.RawExample]) -> Iterator:
     self.written[split] = 0
-    for index, raw in enumerate(_progress(examples, f'{self.name} {split}')):
-      try:
-        image = raw.read_image()
-      except Exception as error:  # pylint: disable=broad-except  # PIL raises many kinds
-        self._reject(
-            sources.Problem(raw.name, 'unreadable image', f'{type(error).__name__}: {error}')
-        )
-        continue
-      problem = size_problem(raw.name, image, self._source)
+    converted = _converted_in_order(examples, self._source, self._resolution, self._num_workers)
+    progress = _progress(converted, len(examples), f'{self.name} {split}')
+    for index, (example, problem) in enumerate(progress):
       if problem is not None:
         self._reject(problem)
         continue
-      example = {'image': to_training_image(image, self._source.crop, self._resolution)}
-      if self._source.attribute_names:
-        example['attributes'] = np.asarray(raw.attributes, dtype=bool)
-      if self._source.label_names:
-        example['labels'] = {'label': int(raw.label)}
       self.written[split] += 1
       yield index, example
 

@@ -325,7 +325,7 @@ def _lmdb_examples(path: epath.Path) -> list[RawExample]:
         "Reading LSUN's LMDB export needs the lmdb package: "
         "pip install 'jdiffrep[lsun]' (or pip install lmdb)."
     ) from None
-  env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, max_readers=1)
+  env = lmdb.open(str(path), readonly=True, lock=False, readahead=False)
   with env.begin() as txn:
     keys = list(txn.cursor().iternext(keys=True, values=False))
 
