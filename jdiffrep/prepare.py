@@ -216,6 +216,17 @@ def write_source(
   start = time.perf_counter() if start is None else start
   resolution, tfds_name = _check_and_name(dataset, resolution, on_error, name)
   dataset_dir = registry.prepared_dir(data_dir, tfds_name)
+  eval_split = registry.get_spec(dataset).eval_split
+  if not source.splits.get(eval_split):
+    raise sources.SourceError(
+        f'{source_description or dataset} has no images for the {eval_split!r} split, which '
+        'training previews and evaluation read'
+        + (
+            ': use --test_fraction > 0, or put a test/ folder next to train/.'
+            if dataset == 'folder'
+            else '.'
+        )
+    )
   if source.problems and on_error == 'fail':
     raise prepared_builder.PrepareError(
         f'{len(source.problems)} problem(s) in {source_description or dataset}, first: '

@@ -450,6 +450,12 @@ def test_folder_dataset_without_a_name_says_which_field_to_set(tmp_path):
     registry.ensure_prepared(config)
 
 
+def test_folder_without_a_test_split_is_refused(tmp_path):
+  _write_folder(tmp_path / 'src', ['a.png', 'b.png'], size=(16, 16))
+  with pytest.raises(sources.SourceError, match='--test_fraction > 0'):
+    prepare.prepare('folder', str(tmp_path / 'src'), str(tmp_path), name='x', test_fraction=0)
+
+
 def test_source_in_the_wrong_format_says_what_is_missing(tmp_path):
   with pytest.raises(sources.SourceError, match='list_attr_celeba.txt'):
     (tmp_path / 'img_align_celeba').mkdir()
@@ -459,7 +465,7 @@ def test_source_in_the_wrong_format_says_what_is_missing(tmp_path):
 
 
 def test_command_line_prepares_and_prints_the_summary(tmp_path):
-  _write_folder(tmp_path / 'src', ['p.png', 'q.png'], size=(16, 16))
+  _write_folder(tmp_path / 'src', ['train/p.png', 'train/q.png', 'test/r.png'], size=(16, 16))
   env = dict(os.environ, PYTHONPATH=REPO_ROOT)
   proc = subprocess.run(
       [
@@ -471,7 +477,6 @@ def test_command_line_prepares_and_prints_the_summary(tmp_path):
           f'--data_dir={tmp_path}/tfds',
           '--name=tiny',
           '--resolution=16',
-          '--test_fraction=0',
       ],
       capture_output=True,
       text=True,
@@ -480,7 +485,8 @@ def test_command_line_prepares_and_prints_the_summary(tmp_path):
       timeout=300,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'Prepared jdiffrep_folder/tiny_16' in proc.stdout and 'train 2 images' in proc.stdout
+  assert 'Prepared jdiffrep_folder/tiny_16' in proc.stdout
+  assert 'train 2, test 1 images.' in proc.stdout
   assert (
       tmp_path / 'tfds' / 'jdiffrep_folder' / 'tiny_16' / '1.0.0' / 'dataset_info.json'
   ).exists()
