@@ -23,6 +23,7 @@ import collections
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Callable, Sequence
 
@@ -323,18 +324,21 @@ _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Rebuild even if already prep
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  result = prepare(
-      _DATASET.value,
-      _SOURCE.value,
-      _DATA_DIR.value,
-      resolution=_RESOLUTION.value,
-      on_error=_ON_ERROR.value,
-      name=_NAME.value,
-      labels_csv=_LABELS_CSV.value,
-      test_fraction=_TEST_FRACTION.value,
-      overwrite=_OVERWRITE.value,
-      num_workers=_NUM_WORKERS.value,
-  )
+  try:
+    result = prepare(
+        _DATASET.value,
+        _SOURCE.value,
+        _DATA_DIR.value,
+        resolution=_RESOLUTION.value,
+        on_error=_ON_ERROR.value,
+        name=_NAME.value,
+        labels_csv=_LABELS_CSV.value,
+        test_fraction=_TEST_FRACTION.value,
+        overwrite=_OVERWRITE.value,
+        num_workers=_NUM_WORKERS.value,
+    )
+  except (sources.SourceError, prepared_builder.PrepareError) as error:
+    sys.exit(f'jdiffrep.prepare: {error}')  # the message says what to fix; no traceback
   print(result.summary())
 
 

@@ -566,3 +566,26 @@ def test_worker_count_does_not_change_the_records(tmp_path):
   assert data[1].keys() == data[3].keys()
   for split in data[1]:
     np.testing.assert_array_equal(data[1][split], data[3][split])
+
+
+def test_command_line_error_is_one_line_naming_the_fix(tmp_path):
+  env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          '-m',
+          'jdiffrep.prepare',
+          '--dataset=cifar10',
+          f'--source={tmp_path}',
+          f'--data_dir={tmp_path}/tfds',
+      ],
+      capture_output=True,
+      text=True,
+      env=env,
+      cwd=REPO_ROOT,
+      timeout=300,
+  )
+  assert proc.returncode == 1
+  last_line = proc.stderr.strip().splitlines()[-1]
+  assert last_line.startswith('jdiffrep.prepare: ') and 'data_batch_1' in last_line
+  assert 'Traceback' not in proc.stderr
