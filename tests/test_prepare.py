@@ -589,3 +589,14 @@ def test_command_line_error_is_one_line_naming_the_fix(tmp_path):
   last_line = proc.stderr.strip().splitlines()[-1]
   assert last_line.startswith('jdiffrep.prepare: ') and 'data_batch_1' in last_line
   assert 'Traceback' not in proc.stderr
+
+
+def test_tfds_data_dir_environment_variable_is_the_default(cifar, monkeypatch):
+  batches, data_dir, _ = cifar
+  monkeypatch.setenv('TFDS_DATA_DIR', str(data_dir))
+  config = _dataset_config('cifar10', data_dir, 32)
+  config.data_dir = None
+  data = _read_split(config, 'test')
+  np.testing.assert_array_equal(
+      pipeline.to_uint8(data['image']), _cifar_images(batches['test_batch'])
+  )

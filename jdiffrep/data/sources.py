@@ -428,6 +428,8 @@ def read_image_folder(
   when `held_out(name, test_fraction)`, else in `train`: the same file always lands in the same
   split, whatever else the folder holds.
   """
+  if not 0.0 <= test_fraction < 1.0:
+    raise ValueError(f'test_fraction={test_fraction} must be in [0, 1).')
   root = epath.Path(source_dir)
   if not root.is_dir():
     raise SourceError(f'{root} is not a directory.')
