@@ -30,7 +30,6 @@ from typing import Callable, Sequence
 from absl import app
 from absl import flags
 from absl import logging
-from etils import epath
 import tensorflow_datasets as tfds
 
 from jdiffrep.data import prepared_builder
