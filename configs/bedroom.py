@@ -1,6 +1,7 @@
 """LSUN Bedroom 128x128, paper-scale DiT-B/4 denoiser, global batch 128.
 
-Needs the prepared TFDS `lsun/bedroom` dataset; without it the run stops and says how to prepare it.
+Needs LSUN Bedroom prepared once from its LMDB export (`python -m jdiffrep.prepare
+--dataset=bedroom --source=DIR`); without it the run stops before compiling and prints that command.
 """
 
 from jdiffrep import config as config_lib

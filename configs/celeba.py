@@ -1,6 +1,7 @@
 """CelebA 64x64 (DiTi / PDAE crop), paper-scale DiT-B/4 denoiser, global batch 128.
 
-Needs the prepared TFDS `celeb_a` dataset; without it the run stops and says how to prepare it.
+Needs CelebA prepared once (`python -m jdiffrep.prepare --dataset=celeba --source=DIR`); without
+it the run stops before compiling and prints that command.
 """
 
 from jdiffrep import config as config_lib

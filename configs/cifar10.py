@@ -1,6 +1,7 @@
 """CIFAR-10 32x32, DiT-S/2 denoiser (256 tokens), global batch 128.
 
-Needs the prepared TFDS `cifar10` dataset; without it the run stops and says how to prepare it.
+Needs CIFAR-10 prepared once from the python batches (`python -m jdiffrep.prepare
+--dataset=cifar10 --source=DIR`); without it the run stops before compiling and prints that command.
 """
 
 from jdiffrep import config as config_lib

@@ -1,6 +1,7 @@
 """FFHQ 128x128, paper-scale DiT-B/4 denoiser, global batch 128.
 
-Needs a prepared TFDS `ffhq` dataset; without it the run stops and says how to prepare it.
+Needs FFHQ prepared once (`python -m jdiffrep.prepare --dataset=ffhq --source=DIR`); without it
+the run stops before compiling and prints that command.
 """
 
 from jdiffrep import config as config_lib

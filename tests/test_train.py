@@ -138,4 +138,4 @@ def test_missing_dataset_stops_before_compiling_with_a_clear_message(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
   message = str(error.value)
   assert "'celeba'" in message and str(tmp_path / 'empty') in message
-  assert 'tfds build celeb_a' in message
+  assert 'python -m jdiffrep.prepare --dataset=celeba' in message

@@ -1,8 +1,11 @@
 """Datasets a config can name, where their prepared files live, and how to open them.
 
-Every dataset is read the same way: a prepared TFDS dataset (array_record files) opened with
-`tfds.data_source`. The built-in `shapes` dataset is generated on first use; the real ones must
-be prepared once, and opening one that is not stops with a message saying how.
+Every dataset is read the same way: a prepared TFDS dataset (array_record files) opened as a
+random-access data source. The built-in `shapes` dataset is generated on first use; the real
+ones are converted once from their original files by `python -m jdiffrep.prepare` (into
+`<data_dir>/jdiffrep_<name>/<config>/<version>/`, already cropped and resized), and opening one
+that is not prepared stops with a message naming the directory searched and that command.
+Data dirs go through `etils.epath`, so `gs://` works as well as local paths.
 """
 
 from __future__ import annotations
@@ -12,7 +15,11 @@ import os
 from typing import Callable
 
 from absl import logging
+from etils import epath
 import numpy as np
+
+# Version directory of every dataset written by `jdiffrep.prepare`.
+PREPARED_VERSION = '1.0.0'
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -25,12 +32,16 @@ class DatasetSpec:
 
   Attributes:
     name: the value of `config.dataset.name`.
-    tfds_name: the TFDS builder name (with config), e.g. 'celeb_a' or 'shapes/32'.
+    tfds_name: the TFDS builder name and config, formatted with `tfds_config` and
+      `resolution`, e.g. 'shapes/{tfds_config}' or 'jdiffrep_celeba/{resolution}'.
     train_split / eval_split: TFDS split names.
-    crop: optional (top, left, height, width) crop applied before resizing.
+    crop: optional (top, left, height, width) crop the input pipeline applies before resizing
+      (None for prepared datasets: `jdiffrep.prepare` stores them cropped and resized).
     flip_preserves_labels: False when a horizontal flip would change a label (e.g. left/right).
-    prepare_hint: the command(s) that prepare the dataset, shown when it is missing.
+    prepare_hint: the command that prepares the dataset, shown when it is missing; formatted
+      with `data_dir`, `resolution` and `tfds_config`.
     prepare: for generated datasets, prepares them into a data dir on first use.
+    default_resolution: the resolution `jdiffrep.prepare` writes unless told otherwise.
   """
   name: str
   tfds_name: str
@@ -42,6 +53,7 @@ class DatasetSpec:
   flip_preserves_labels: bool = True
   prepare_hint: str = ''
   prepare: Callable[[str, str], None] | None = None  # (data_dir, tfds_config) -> None
+  default_resolution: int = 64
 
 
 def _prepare_shapes(data_dir: str, tfds_config: str) -> None:
@@ -54,10 +66,14 @@ def _shapes_attribute_names() -> tuple[str, ...]:
   return tuple(shapes.BINARY_ATTRIBUTE_NAMES)
 
 
-def _tfds_build_hint(tfds_name: str, manual: str = '') -> str:
-  manual_flag = f' --manual_dir={manual}' if manual else ''
-  return (f'tfds build {tfds_name} --data_dir={{data_dir}} --file_format=array_record'
-          f'{manual_flag}  (needs the internet, or the files in the manual directory)')
+def _prepare_hint(dataset: str, source: str, extra: str = '') -> str:
+  return (f'python -m jdiffrep.prepare --dataset={dataset} --source={source} '
+          f'--data_dir={{data_dir}} --resolution={{resolution}}{extra}')
+
+
+def _celeba_attribute_names() -> tuple[str, ...]:
+  from jdiffrep.data import sources  # pylint: disable=g-import-not-at-top
+  return sources.CELEBA_ATTRIBUTE_NAMES
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -66,21 +82,28 @@ DATASETS: dict[str, DatasetSpec] = {
         validation_split='validation', attribute_names=_shapes_attribute_names(),
         flip_preserves_labels=False,
         prepare_hint='generated automatically on first use', prepare=_prepare_shapes),
+    # The DiTi / PDAE / DiffAE crop (sources.CELEBA_CROP) is applied by jdiffrep.prepare.
     'celeba': DatasetSpec(
-        name='celeba', tfds_name='celeb_a', eval_split='test', validation_split='validation',
-        # DiTi / PDAE / DiffAE crop of the aligned 178x218 images, then resize.
-        crop=(57, 25, 128, 128),
-        prepare_hint=_tfds_build_hint('celeb_a', manual='DIR_WITH_img_align_celeba.zip')),
+        name='celeba', tfds_name='jdiffrep_celeba/{resolution}', eval_split='test',
+        validation_split='validation', attribute_names=_celeba_attribute_names(),
+        prepare_hint=_prepare_hint('celeba', 'DIR_WITH_img_align_celeba_AND_list_attr_celeba.txt')),
     'ffhq': DatasetSpec(
-        name='ffhq', tfds_name='ffhq', eval_split='train',
-        prepare_hint='FFHQ has no TFDS builder yet: convert the 1024 px PNGs into an '
-        'array_record TFDS dataset named ffhq under {data_dir} (see README, Datasets).'),
+        name='ffhq', tfds_name='jdiffrep_ffhq/{resolution}', eval_split='train',
+        default_resolution=128,
+        prepare_hint=_prepare_hint('ffhq', 'DIR_WITH_THE_FFHQ_PNGS')),
     'bedroom': DatasetSpec(
-        name='bedroom', tfds_name='lsun/bedroom', eval_split='validation',
-        prepare_hint=_tfds_build_hint('lsun/bedroom')),
+        name='bedroom', tfds_name='jdiffrep_bedroom/{resolution}', eval_split='validation',
+        default_resolution=128,
+        prepare_hint=_prepare_hint('bedroom', 'DIR_WITH_bedroom_train_lmdb_AND_bedroom_val_lmdb')),
     'cifar10': DatasetSpec(
-        name='cifar10', tfds_name='cifar10', eval_split='test',
-        prepare_hint=_tfds_build_hint('cifar10')),
+        name='cifar10', tfds_name='jdiffrep_cifar10/{resolution}', eval_split='test',
+        default_resolution=32,
+        prepare_hint=_prepare_hint('cifar10', 'DIR_WITH_cifar-10-batches-py')),
+    # Any image folder; config.dataset.tfds_config names the prepared folder (--name=...).
+    'folder': DatasetSpec(
+        name='folder', tfds_name='jdiffrep_folder/{tfds_config}_{resolution}', eval_split='test',
+        prepare_hint=_prepare_hint('folder', 'YOUR_IMAGE_DIR',
+                                   ' --name={tfds_config} [--labels_csv=FILE.csv]')),
 }
 
 
@@ -100,8 +123,19 @@ def tfds_config_name(dataset_config) -> str:
 
 
 def tfds_name(dataset_config) -> str:
+  """'builder/config' of the prepared dataset, e.g. 'jdiffrep_celeba/64'."""
   spec = get_spec(dataset_config.name)
-  return spec.tfds_name.format(tfds_config=tfds_config_name(dataset_config))
+  if '{tfds_config}' in spec.tfds_name and spec.prepare is None and not dataset_config.tfds_config:
+    raise ValueError(f'Dataset {spec.name!r} needs config.dataset.tfds_config: the --name the '
+                     'folder was prepared with (python -m jdiffrep.prepare --dataset=folder '
+                     '--name=NAME ...).')
+  return spec.tfds_name.format(tfds_config=tfds_config_name(dataset_config),
+                               resolution=dataset_config.resolution)
+
+
+def prepared_dir(data_dir: str, name: str) -> epath.Path:
+  """Where `jdiffrep.prepare` writes TFDS dataset `name` ('builder/config') under `data_dir`."""
+  return epath.Path(data_dir) / name / PREPARED_VERSION
 
 
 def ensure_prepared(dataset_config) -> str:
@@ -111,19 +145,20 @@ def ensure_prepared(dataset_config) -> str:
     DatasetNotPreparedError: the dataset is not prepared there; the message names the
       dataset, the directory searched and the command that prepares it.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
   spec = get_spec(dataset_config.name)
   data_dir = dataset_config.data_dir or default_data_dir()
   name = tfds_name(dataset_config)
   if spec.prepare is not None:
     spec.prepare(data_dir, tfds_config_name(dataset_config))
     return data_dir
-  builder = tfds.builder(name, data_dir=data_dir)
-  if not builder.is_prepared():
+  searched = prepared_dir(data_dir, name)
+  if not (searched / 'dataset_info.json').exists():
+    hint = spec.prepare_hint.format(data_dir=data_dir, resolution=dataset_config.resolution,
+                                    tfds_config=dataset_config.tfds_config or 'NAME')
     raise DatasetNotPreparedError(
-        f'Dataset {spec.name!r} (TFDS {name!r}) is not prepared: searched {builder.data_dir}.\n'
-        f'Prepare it once with:\n  {spec.prepare_hint.format(data_dir=data_dir)}\n'
+        f'Dataset {spec.name!r} at {dataset_config.resolution}x{dataset_config.resolution} '
+        f'(TFDS {name!r}) is not prepared: searched {searched}.\n'
+        f'Prepare it once with:\n  {hint}\n'
         'or point config.dataset.data_dir (or $TFDS_DATA_DIR) at the directory that holds it.')
   return data_dir
 
@@ -133,9 +168,12 @@ def open_source(dataset_config, split: str):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   data_dir = ensure_prepared(dataset_config)
-  logging.info('Opening %s split %s from %s', tfds_name(dataset_config), split, data_dir)
-  return tfds.data_source(tfds_name(dataset_config), split=split, data_dir=data_dir,
-                          download=False)
+  name = tfds_name(dataset_config)
+  logging.info('Opening %s split %s from %s', name, split, data_dir)
+  if get_spec(dataset_config.name).prepare is not None:  # generated: its builder is registered
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  builder = tfds.builder_from_directory(prepared_dir(data_dir, name))
+  return builder.as_data_source(split=split)
 
 
 def crop_and_resize(image: np.ndarray, spec: DatasetSpec, resolution: int) -> np.ndarray:

@@ -1,0 +1,346 @@
+r"""Converts a dataset from its original files into the array_record TFDS format training reads.
+
+  python -m jdiffrep.prepare --dataset=celeba --source=/data/celeba [--data_dir=DIR]
+  python -m jdiffrep.prepare --dataset=ffhq --source=/data/ffhq/images1024x1024
+  python -m jdiffrep.prepare --dataset=bedroom --source=/data/lsun   # bedroom_{train,val}_lmdb/
+  python -m jdiffrep.prepare --dataset=cifar10 --source=/data/cifar-10-batches-py
+  python -m jdiffrep.prepare --dataset=folder --source=/data/mine --name=mine \
+      [--labels_csv=/data/mine.csv]
+  python -m jdiffrep.prepare --dataset=celeba --source=tfds   # TFDS's celeb_a, built in --data_dir
+
+Runs once per dataset and resolution (default: the one its config trains at). Writes
+`<data_dir>/jdiffrep_<dataset>/<config>/1.0.0/`: images cropped and resized to the resolution,
+labels and splits as in the source; the data dir defaults to $TFDS_DATA_DIR, else
+~/tensorflow_datasets, and may be a `gs://` path. Unreadable images, images of the wrong size and
+images without labels stop the run (`--on_error=fail`, the default) or are left out and listed
+(`--on_error=skip`); either way the summary names every such file, and
+`<data_dir>/jdiffrep_<dataset>/<config>/prepare_report.json` keeps the full list.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Callable, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import tensorflow_datasets as tfds
+
+from jdiffrep.data import prepared_builder
+from jdiffrep.data import registry
+from jdiffrep.data import sources
+
+# Dataset name -> (builder class, reader of the source directory).
+READERS: dict[str, tuple[type, Callable[..., sources.Source]]] = {
+    'celeba': (prepared_builder.JdiffrepCeleba, sources.read_celeba),
+    'ffhq': (prepared_builder.JdiffrepFfhq, sources.read_ffhq),
+    'bedroom': (prepared_builder.JdiffrepBedroom, sources.read_lsun),
+    'cifar10': (prepared_builder.JdiffrepCifar10, sources.read_cifar10),
+    'folder': (prepared_builder.JdiffrepFolder, sources.read_image_folder),
+}
+REPORT_NAMES_PER_REASON = 20  # file names logged per problem kind (the report has them all)
+
+
+@dataclasses.dataclass
+class PrepareResult:
+  """What `prepare` wrote: the dataset directory, images per split, and what it left out."""
+
+  dataset_dir: str
+  tfds_name: str
+  num_examples: dict[str, int]
+  problems: list[sources.Problem]
+  seconds: float
+
+  def summary(self) -> str:
+    lines = [
+        f'Prepared {self.tfds_name} in {self.dataset_dir} in {self.seconds:.1f} s: '
+        + ', '.join(f'{split} {n}' for split, n in self.num_examples.items())
+        + ' images.'
+    ]
+    by_reason = collections.defaultdict(list)
+    for problem in self.problems:
+      by_reason[problem.reason].append(problem)
+    for reason, problems in sorted(by_reason.items()):
+      shown = ', '.join(
+          p.name + (f' ({p.detail})' if p.detail else '')
+          for p in problems[:REPORT_NAMES_PER_REASON]
+      )
+      more = (
+          f' and {len(problems) - REPORT_NAMES_PER_REASON} more'
+          if len(problems) > REPORT_NAMES_PER_REASON
+          else ''
+      )
+      lines.append(f'  left out, {reason}: {len(problems)} file(s): {shown}{more}')
+    return '\n'.join(lines)
+
+
+def _dataset_config(dataset: str, resolution: int, name: str | None):
+  """The slice of `config.dataset` that names the prepared dataset (for the registry)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  return ml_collections.ConfigDict(
+      {'name': dataset, 'resolution': resolution, 'tfds_config': name, 'data_dir': None}
+  )
+
+
+TFDS_SOURCE = 'tfds'  # --source=tfds: TFDS's own builder, already built in --data_dir
+
+
+def read_source(
+    dataset: str,
+    source_dir: str,
+    *,
+    data_dir: str | None = None,
+    labels_csv: str | None = None,
+    test_fraction: float = 0.1,
+) -> sources.Source:
+  """Scans `source_dir` with the dataset's reader (folder options only for 'folder').
+
+  `source_dir='tfds'` reads TFDS's own builder of the dataset, already built in `data_dir`.
+  """
+  if dataset not in READERS:
+    raise ValueError(f'Unknown dataset {dataset!r}; prepare knows {sorted(READERS)}.')
+  if labels_csv and dataset != 'folder':
+    raise ValueError(f'--labels_csv is for --dataset=folder; {dataset} brings its own labels.')
+  if source_dir == TFDS_SOURCE:
+    return sources.read_tfds(dataset, data_dir or registry.default_data_dir())
+  reader = READERS[dataset][1]
+  if dataset == 'folder':
+    return reader(source_dir, labels_csv, test_fraction=test_fraction)
+  return reader(source_dir)
+
+
+def prepare(
+    dataset: str,
+    source_dir: str,
+    data_dir: str | None = None,
+    *,
+    resolution: int | None = None,
+    on_error: str = 'fail',
+    name: str | None = None,
+    labels_csv: str | None = None,
+    test_fraction: float = 0.1,
+    overwrite: bool = False,
+    num_workers: int | None = None,
+) -> PrepareResult:
+  """Converts `source_dir` (original format of `dataset`) into a prepared TFDS dataset.
+
+  Args:
+    dataset: a key of READERS ('celeba', 'ffhq', 'bedroom', 'cifar10', 'folder').
+    source_dir: the original files (see `jdiffrep.data.sources` for each layout), or 'tfds'
+      for TFDS's own `celeb_a` / `cifar10` / `lsun/bedroom` already built in `data_dir`.
+    data_dir: TFDS data dir to write into; None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+    resolution: side of the stored square images; None: the dataset's training resolution.
+    on_error: 'fail' stops at the first bad image; 'skip' leaves bad images out and lists them.
+    name: for 'folder', the name configs refer to (`config.dataset.tfds_config`).
+    labels_csv: for 'folder', an optional CSV of labels or binary attributes.
+    test_fraction: for a flat 'folder', the share of files held out as the test split.
+    overwrite: rebuild even when the dataset is already prepared.
+    num_workers: threads decoding, resizing and encoding images; None: one per CPU core.
+      The records are written in source order whatever the number.
+
+  Returns:
+    A PrepareResult; its `summary()` is also logged.
+
+  Raises:
+    sources.SourceError: the source is not in the dataset's original format.
+    prepared_builder.PrepareError: a bad image (or label row) with on_error='fail'.
+  """
+  start = time.perf_counter()
+  data_dir = data_dir or registry.default_data_dir()
+  resolution, tfds_name = _check_and_name(dataset, resolution, on_error, name)
+  dataset_dir = registry.prepared_dir(data_dir, tfds_name)
+  if (dataset_dir / 'dataset_info.json').exists() and not overwrite:
+    logging.info('%s is already prepared in %s (--overwrite rebuilds it).', tfds_name, dataset_dir)
+    info = tfds.builder_from_directory(dataset_dir).info
+    num_examples = {split: info.splits[split].num_examples for split in info.splits}
+    return PrepareResult(str(dataset_dir), tfds_name, num_examples, [], time.perf_counter() - start)
+  logging.info('Scanning %s for %s ...', source_dir, dataset)
+  source = read_source(
+      dataset, source_dir, data_dir=data_dir, labels_csv=labels_csv, test_fraction=test_fraction
+  )
+  return write_source(
+      dataset,
+      source,
+      data_dir,
+      resolution=resolution,
+      on_error=on_error,
+      name=name,
+      overwrite=overwrite,
+      source_description=str(source_dir),
+      start=start,
+      num_workers=num_workers,
+  )
+
+
+def _check_and_name(
+    dataset: str, resolution: int | None, on_error: str, name: str | None
+) -> tuple[int, str]:
+  """Validates the options; returns (resolution, TFDS name 'builder/config')."""
+  spec = registry.get_spec(dataset)
+  if on_error not in prepared_builder.ON_ERROR_CHOICES:
+    raise ValueError(
+        f'on_error={on_error!r}; valid values are ' f'{prepared_builder.ON_ERROR_CHOICES}.'
+    )
+  if dataset == 'folder' and not name:
+    raise ValueError(
+        '--dataset=folder needs --name=NAME (set config.dataset.tfds_config=NAME '
+        'to train on it).'
+    )
+  resolution = resolution or spec.default_resolution
+  if resolution < 8:
+    raise ValueError(f'resolution={resolution}: the stored images must be at least 8x8.')
+  return resolution, registry.tfds_name(_dataset_config(dataset, resolution, name))
+
+
+def write_source(
+    dataset: str,
+    source: sources.Source,
+    data_dir: str,
+    *,
+    resolution: int | None = None,
+    on_error: str = 'fail',
+    name: str | None = None,
+    overwrite: bool = False,
+    source_description: str = '',
+    start: float | None = None,
+    num_workers: int | None = None,
+) -> PrepareResult:
+  """Writes a scanned `source` as the prepared `dataset` (see `prepare` for the options)."""
+  start = time.perf_counter() if start is None else start
+  resolution, tfds_name = _check_and_name(dataset, resolution, on_error, name)
+  dataset_dir = registry.prepared_dir(data_dir, tfds_name)
+  eval_split = registry.get_spec(dataset).eval_split
+  if not source.splits.get(eval_split):
+    raise sources.SourceError(
+        f'{source_description or dataset} has no images for the {eval_split!r} split, which '
+        'training previews and evaluation read'
+        + (
+            ': use --test_fraction > 0, or put a test/ folder next to train/.'
+            if dataset == 'folder'
+            else '.'
+        )
+    )
+  if source.problems and on_error == 'fail':
+    raise prepared_builder.PrepareError(
+        f'{len(source.problems)} problem(s) in {source_description or dataset}, first: '
+        + prepared_builder.fail_message(source.problems[0])
+    )
+  builder = READERS[dataset][0](
+      source=source,
+      resolution=resolution,
+      config_name=tfds_name.split('/')[1],
+      on_error=on_error,
+      data_dir=data_dir,
+      file_format=prepared_builder.FILE_FORMAT,
+      description=f'{dataset} from {source_description}, {resolution}x{resolution}.',
+      num_workers=num_workers or os.cpu_count() or 1,
+  )
+  mode = (
+      tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
+      if overwrite
+      else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+  )
+  builder.download_and_prepare(
+      file_format=prepared_builder.FILE_FORMAT,
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False, download_mode=mode),
+  )
+  result = PrepareResult(
+      str(dataset_dir),
+      tfds_name,
+      dict(builder.written),
+      source.problems + builder.problems,
+      time.perf_counter() - start,
+  )
+  report = {
+      'tfds_name': tfds_name,
+      'source': source_description,
+      'resolution': resolution,
+      'num_examples': result.num_examples,
+      'seconds': round(result.seconds, 2),
+      'left_out': [dataclasses.asdict(p) for p in result.problems],
+  }
+  (dataset_dir.parent / 'prepare_report.json').write_text(json.dumps(report, indent=2))
+  logging.info('%s', result.summary())
+  return result
+
+
+FLAGS = flags.FLAGS
+_DATASET = flags.DEFINE_enum('dataset', None, sorted(READERS), 'Dataset to prepare.')
+_SOURCE = flags.DEFINE_string(
+    'source',
+    None,
+    "Directory with the original files, or 'tfds' for TFDS's own builder "
+    '(celeb_a, cifar10, lsun/bedroom) already built in --data_dir as array_record.',
+)
+_DATA_DIR = flags.DEFINE_string(
+    'data_dir',
+    None,
+    'TFDS data dir to write (local or gs://); default $TFDS_DATA_DIR, else '
+    '~/tensorflow_datasets.',
+)
+_RESOLUTION = flags.DEFINE_integer(
+    'resolution',
+    None,
+    "Side of the stored images; default the dataset's training resolution "
+    '(celeba/folder 64, ffhq/bedroom 128, cifar10 32).',
+)
+_ON_ERROR = flags.DEFINE_enum(
+    'on_error',
+    'fail',
+    list(prepared_builder.ON_ERROR_CHOICES),
+    'Bad images: fail at the first, or skip them (all are listed).',
+)
+_NAME = flags.DEFINE_string(
+    'name', None, 'folder only: the name to train with ' '(config.dataset.tfds_config).'
+)
+_LABELS_CSV = flags.DEFINE_string(
+    'labels_csv',
+    None,
+    'folder only: CSV `filename,label` or '
+    '`filename,attr1,attr2,...` (paths relative to --source).',
+)
+_TEST_FRACTION = flags.DEFINE_float(
+    'test_fraction',
+    0.1,
+    'folder only, without train/ and ' 'test/ sub-folders: share of files held out for test.',
+)
+_NUM_WORKERS = flags.DEFINE_integer(
+    'num_workers',
+    None,
+    'Threads decoding, resizing and encoding images; default one per CPU '
+    'core. The output is the same for any number.',
+)
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Rebuild even if already prepared.')
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  try:
+    result = prepare(
+        _DATASET.value,
+        _SOURCE.value,
+        _DATA_DIR.value,
+        resolution=_RESOLUTION.value,
+        on_error=_ON_ERROR.value,
+        name=_NAME.value,
+        labels_csv=_LABELS_CSV.value,
+        test_fraction=_TEST_FRACTION.value,
+        overwrite=_OVERWRITE.value,
+        num_workers=_NUM_WORKERS.value,
+    )
+  except (sources.SourceError, prepared_builder.PrepareError) as error:
+    sys.exit(f'jdiffrep.prepare: {error}')  # the message says what to fix; no traceback
+  print(result.summary())
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['dataset', 'source'])
+  app.run(main)
