@@ -1,4 +1,8 @@
-"""CIFAR-10 32x32, DiT-S/2 denoiser (256 tokens), global batch 128.
+"""CIFAR-10 32x32, DiT-S/2 denoiser (256 tokens), global batch 128: semantic embeddings (sdae).
+
+The pipeline trains the plain DM (the DDAE-style feature baseline), the self-conditional DiT
+('sdae', SPEC section 4) and evaluates both with the linear probe and kNN on the 10 classes at a
+sweep of t (top-1 per t, `evaluate/accuracy_vs_t.png`), next to raw pixels.
 
 Needs CIFAR-10 prepared once from the python batches (`python -m jdiffrep.prepare
 --dataset=cifar10 --source=DIR`); without it the run stops before compiling and prints that command.
@@ -18,4 +22,6 @@ def get_config():
   config.num_train_steps = 400_000
   config.sample_every_steps = 10_000
   config.checkpoint_every_steps = 5_000
+  config.pipeline = ('ddpm', 'sdae', 'evaluate')
+  config.sdae.latent_dim = 256
   return config

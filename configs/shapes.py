@@ -45,4 +45,8 @@ def get_config(arg: str | None = None):
   }
   config.sdae.latent_dim = 128
   config.evaluate.train_limit = 20_000
+  # Four points of the t sweep (the curve is flat below t = 25 and falls after t = 100 here):
+  # each point is one more encoder / DM pass over every evaluated image.
+  config.evaluate.embedding_timesteps = (0, 25, 100, 400)
+  config.evaluate.dm_feature_timesteps = (0, 25, 100, 400)
   return config

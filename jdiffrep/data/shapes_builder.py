@@ -36,8 +36,9 @@ class ShapesConfig(tfds.core.BuilderConfig):
 class Shapes(tfds.core.GeneratorBasedBuilder):
   """One object (shape, size, position, shade, texture) on a coloured background."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': 'Position jitter +-4 px (was +-2) at 32 px.'}
   BUILDER_CONFIGS = [
       ShapesConfig(name='32', description='32x32 images.', resolution=32),
       ShapesConfig(name='64', description='64x64 images.', resolution=64),

@@ -142,6 +142,7 @@ def plot_accuracy_vs_t(results: Mapping[str, dict], path: str) -> str:
       ax.axhline(results[name]['linear']['mean'], color=colour, linestyle=':',
                  label=f'{name}, linear (no t)')
   ax.set_xscale('symlog', linthresh=10)
+  ax.set_xlim(left=0)  # t >= 0; symlog would otherwise show an empty negative decade
   ax.set_xlabel('diffusion step t of the embedding')
   ax.set_ylabel('mean categorical accuracy (test)')
   ax.set_title('Probe accuracy of embeddings along the diffusion chain')
