@@ -123,23 +123,25 @@ def test_sigterm_then_sigkill_then_restart_is_bit_identical(shapes_data_dir, tmp
   assert not os.path.exists(os.path.join(interrupted, 'ddpm', 'results.json'))
   _assert_iterator_in_step(ckpt_dir)
 
-  # 2. The same command resumes; SIGKILL it mid-run, as soon as an orbax temporary directory
-  #    (a save in flight) or a new checkpoint shows up. Nothing can run on SIGKILL.
+  # 2. The same command resumes; SIGKILL it while an asynchronous save is in flight (orbax
+  #    writes into `<step>.orbax-checkpoint-tmp*` and renames it when complete), so the kill
+  #    lands mid-step and usually mid-save. Nothing can run on SIGKILL.
   proc = _start(cmd, str(tmp_path / 'sigkill.log'))
   in_flight = lambda: glob.glob(os.path.join(ckpt_dir, '*tmp*'))
-  _wait_for(lambda: in_flight() or _steps(ckpt_dir)[-1] > preempted_at, proc,
-            'a checkpoint after the restart', poll_s=0.0005)
+  _wait_for(in_flight, proc, 'a save after the restart', poll_s=0.0003)
   proc.send_signal(signal.SIGKILL)
   log = _finish(proc, str(tmp_path / 'sigkill.log'))
   assert proc.returncode == -signal.SIGKILL
   assert f'Resumed from step {preempted_at}.' in log
   killed_at = _steps(ckpt_dir)[-1]
-  assert killed_at < NUM_STEPS
+  assert preempted_at <= killed_at < NUM_STEPS
+  unfinished = [int(os.path.basename(p).split('.')[0]) for p in in_flight()]
+  assert all(step > killed_at for step in unfinished), unfinished  # never counted as a step
 
   # 3. The same command again finishes the run; a save the kill interrupted is never used.
   log = _finish(_start(cmd, str(tmp_path / 'final.log')), str(tmp_path / 'final.log'))
   assert f'Resumed from step {killed_at}.' in log, log[-3000:]
-  assert not in_flight()
+  assert not in_flight()  # the killed save's leftovers were deleted, not restored
   _assert_iterator_in_step(ckpt_dir)
   results = json.loads(open(os.path.join(interrupted, 'ddpm', 'results.json')).read())
   assert results['start_step'] == killed_at and results['steps'] == NUM_STEPS
