@@ -49,6 +49,17 @@ def _leaf_as_uint32(x: jax.Array) -> jax.Array:
   return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
 
 
+def _row_major_positions(shape: tuple[int, ...]) -> jax.Array:
+  """uint32 `shape`: each element's row-major index (mod 2**32), built without a reshape so
+  a sharded leaf keeps its sharding."""
+  positions = jnp.zeros(shape, jnp.uint32)
+  stride = 1
+  for dim in reversed(range(len(shape))):
+    positions += jax.lax.broadcasted_iota(jnp.uint32, shape, dim) * jnp.uint32(stride % 2**32)
+    stride *= shape[dim]
+  return positions
+
+
 @jax.jit
 def state_fingerprint(state) -> jax.Array:
   """uint32 [num_leaves]: per leaf, the sum of its bits weighted by odd position numbers.
@@ -57,8 +68,8 @@ def state_fingerprint(state) -> jax.Array:
   mod 2**32), which is what a damaged file does. Computed on device, so sharded state works.
   """
   def leaf_fingerprint(x):
-    bits = _leaf_as_uint32(jnp.asarray(x)).ravel()
-    weights = 2 * jnp.arange(bits.size, dtype=jnp.uint32) + 1
+    bits = _leaf_as_uint32(jnp.asarray(x))
+    weights = 2 * _row_major_positions(bits.shape) + 1
     return jnp.sum(bits * weights, dtype=jnp.uint32)
   return jnp.stack([leaf_fingerprint(x) for x in jax.tree.leaves(state)])
 

@@ -161,6 +161,17 @@ def _all_finite(tree) -> bool:
              if np.issubdtype(np.asarray(x).dtype, np.floating))
 
 
+def test_fingerprint_is_a_position_weighted_bit_sum_that_sees_one_changed_element():
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 7))
+  bits = np.asarray(x).view(np.uint32).ravel().astype(np.uint64)
+  expected = (bits * (2 * np.arange(bits.size, dtype=np.uint64) + 1)).sum() % 2**32
+  tree = {'x': x, 'step': jax.numpy.int32(3)}
+  fingerprint = np.asarray(checkpoint.state_fingerprint(tree))
+  assert fingerprint.tolist() == [3 * 1, int(expected)]  # leaves in key order: step, x
+  changed = checkpoint.state_fingerprint({'x': x.at[1, 2, 3].add(1e-6), 'step': tree['step']})
+  assert int(changed[1]) != int(expected) and int(changed[0]) == 3
+
+
 @pytest.fixture(scope='module')
 def finished_run(shapes_data_dir, tmp_path_factory):
   """An 8-step run with checkpoints at 4 and 8: (config, workdir)."""
