@@ -1,7 +1,8 @@
 """Runs `config.pipeline`: each stage in its own sub-directory, resumable, one results.json.
 
 A stage is a training method ('ddpm', 'diti', 'pdae', ...) or 'evaluate'. A finished training
-stage is detected from its checkpoint and costs only a reload; an interrupted one resumes.
+stage is detected from its checkpoint and costs only a reload; an interrupted one resumes. A
+preempted stage (SIGTERM) ends the run after its checkpoint, with exit status 0.
 """
 
 from __future__ import annotations
@@ -34,4 +35,8 @@ def run(config, workdir: str) -> dict:
     if jax.process_index() == 0:
       with open(os.path.join(workdir, 'results.json'), 'w') as f:
         json.dump(results, f, indent=2)
+    if results['stages'][stage].get('preempted'):
+      logging.warning('Stage %s was preempted and saved a checkpoint; stopping here. Run the '
+                      'same command to resume it and the stages after it.', stage)
+      break
   return results

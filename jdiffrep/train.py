@@ -95,12 +95,46 @@ def _write_preview_grid(preview_fn, state: TrainState, step: int, workdir: str,
   return images.save_png(os.path.join(workdir, 'samples', f'step_{step:07d}.png'), grid)
 
 
+def tree_all_finite(tree) -> jax.Array:
+  """bool scalar: whether every element of every float leaf of `tree` is finite."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                            if jnp.issubdtype(x.dtype, jnp.inexact)] or [jnp.bool_(True)]))
+
+
+def _stop_if_not_finite(step_losses: list[tuple[int, jax.Array]], manager, config) -> None:
+  """Raises FloatingPointError naming the first step whose loss is NaN or infinite.
+
+  Called before every save, so a non-finite state is never checkpointed and the newest
+  checkpoint stays the last finite one.
+  """
+  losses = jax.device_get([loss for _, loss in step_losses])
+  for (step, _), loss in zip(step_losses, losses):
+    if not math.isfinite(float(loss)):
+      manager.wait_until_finished()
+      raise FloatingPointError(
+          f'The loss of step {step} is {float(loss)}; training stopped there without saving. '
+          f'The newest checkpoint, step {manager.latest_step()} in {manager.directory}, holds '
+          'the last finite state, and the same command resumes from it. Fix: lower '
+          f'config.optim.learning_rate (now {config.optim.learning_rate}), set '
+          f'config.optim.grad_clip_norm (now {config.optim.grad_clip_norm}), or train in '
+          'float32 (config.model.dtype).')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config.method` on `config.dataset`, resuming from `workdir` when it has checkpoints.
 
   Writes TensorBoard scalars and images, PNG sample grids under `workdir/samples/`, checkpoints
   under `workdir/checkpoints/`, and returns (and writes) `workdir/results.json`.
+
+  On SIGTERM (single process) or an orbax preemption notice (multi-process, TPU maintenance),
+  it saves a checkpoint at the next step boundary and returns `{'preempted': True, ...}`
+  without writing results.json; running it again resumes exactly where it stopped.
   """
+  with checkpoint.sigterm_requests_stop() as sigterm:
+    return _train_and_evaluate(config, workdir, sigterm)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, sigterm) -> dict:
   wall_start = time.time()
   config_lib.validate_config(config)
   os.makedirs(workdir, exist_ok=True)
@@ -180,6 +214,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=config.num_train_steps, writer=writer, every_steps=config.log_every_steps)
   pending_metrics: list[dict] = []
+  unchecked_losses: list[tuple[int, jax.Array]] = []  # (step, loss) not yet checked for NaN
+  all_finite = jax.jit(lambda s: tree_all_finite((s.params, s.ema_params, s.opt_state)))
+  preempted = False
   train_seconds, images_seen, last_loss = 0.0, 0, math.nan
   interval_start, excluded = time.time(), 0.0
   sample_paths: list[str] = []
@@ -192,8 +229,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     batch = None  # the iterator now points past this batch: checkpoints must save it so
     step += 1
     pending_metrics.append(metrics)
+    unchecked_losses.append((step, metrics['loss']))
     report_progress(step, time.time())
+    # All processes must ask orbax at every step; SIGTERM is the single-process notice.
+    preempted = manager.reached_preemption(step) or sigterm.is_set()
+    saving = (step % config.checkpoint_every_steps == 0 or step == config.num_train_steps
+              or preempted)
 
+    if step % config.log_every_steps == 0 or step == config.num_train_steps or saving:
+      _stop_if_not_finite(unchecked_losses, manager, config)
+      unchecked_losses = []
     if step % config.log_every_steps == 0 or step == config.num_train_steps:
       summary = {k: float(np.mean(v)) for k, v in
                  jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(pending_metrics)).items()}
@@ -202,24 +247,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       images_seen += len(pending_metrics) * config.batch_size
       summary['images_per_sec'] = len(pending_metrics) * config.batch_size / elapsed
       summary['step_time_ms'] = 1000.0 * elapsed / len(pending_metrics)
-      if not math.isfinite(summary['loss']):
-        raise FloatingPointError(
-            f'Non-finite loss ({summary["loss"]}) in the steps ending at {step}; the last good '
-            f'checkpoint is step {manager.latest_step()} in {manager.directory}. Lower '
-            'config.optim.learning_rate or set config.optim.grad_clip_norm.')
       last_loss = summary['loss']
       writer.write_scalars(step, summary)
       pending_metrics, interval_start, excluded = [], time.time(), 0.0
 
     pause_start = time.time()
-    preempted = manager.reached_preemption(step)
-    if (step % config.checkpoint_every_steps == 0 or step == config.num_train_steps
-        or preempted):
+    if saving:
+      if not all_finite(state):
+        manager.wait_until_finished()
+        raise FloatingPointError(
+            f'The parameters or optimiser state after step {step} are not finite although its '
+            f'loss was; not saving. The newest checkpoint, step {manager.latest_step()} in '
+            f'{manager.directory}, is the last finite state. Fix: set '
+            'config.optim.grad_clip_norm or lower config.optim.learning_rate.')
       logging.info('Saving checkpoint of step %d.', step)
       checkpoint.save(manager, step, state, train_iter)
+      writer.flush()  # the metrics up to a checkpoint survive a kill after it
     if preempted:
       manager.wait_until_finished()
-      logging.warning('Preemption notice at step %d: checkpoint saved, exiting.', step)
+      logging.warning('Preemption notice (%s) at step %d: checkpoint saved, exiting. Run the '
+                      'same command to resume.', 'SIGTERM' if sigterm.is_set() else 'orbax',
+                      step)
       break
     if (config.sample_every_steps and step % config.sample_every_steps == 0
         and step != config.num_train_steps):
@@ -229,7 +277,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---------------------------------------------------------------- final artifacts
   final_step = int(jax.device_get(state.step))
-  sample_paths.append(_write_preview_grid(preview_fn, state, final_step, workdir, writer))
+  if not preempted:  # a preempted job has seconds left: only the checkpoint matters
+    sample_paths.append(_write_preview_grid(preview_fn, state, final_step, workdir, writer))
   manager.wait_until_finished()
   writer.flush()
   results = {
@@ -244,6 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'steps': final_step,
       'batch_size': config.batch_size,
       'final_loss': last_loss,
+      'preempted': preempted,
       'images_per_sec': images_seen / train_seconds if train_seconds else None,
       'compile_seconds': compile_seconds,
       'xla_flops_per_step': flops_per_step,
@@ -255,7 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           'config': os.path.abspath(os.path.join(workdir, 'config.json')),
       },
   }
-  if is_chief:
+  if is_chief and not preempted:
     with open(results_path, 'w') as f:
       json.dump(results, f, indent=2)
   logging.info('Done: %s', json.dumps(results))
