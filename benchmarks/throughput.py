@@ -53,9 +53,13 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None, "--bench=data: TFDS data dir (
                                 'prepared there on first use; default $TFDS_DATA_DIR).')
 _OUT = flags.DEFINE_string('out', '', 'JSONL file to append to (default: '
                            'benchmarks/results/<platform>_throughput.jsonl; "-" for none).')
+_PROFILE_DIR = flags.DEFINE_string(
+    'profile_dir', '', '--bench=dit: after timing, trace one more round of ours with '
+    'jax.profiler into this directory (view in TensorBoard / Perfetto).')
 _NOTE = flags.DEFINE_string('note', '', 'Free-form note stored with the result.')
 
 NUM_CLASSES = 1000  # diffusers' DiT always embeds class labels; ours gets the same embedding
+_START: dict = {}  # date and load average when the run began (set by main)
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -65,17 +69,22 @@ def _cores() -> int:
   return len(os.sched_getaffinity(0))
 
 
+def _sig(x: float) -> float:
+  """Four significant digits."""
+  return float(f'{x:.4g}')
+
+
 def _median_round(seconds: list[float], steps: int, batch: int, devices: int) -> dict:
   step_s = statistics.median(seconds) / steps
-  return {'step_ms': round(1e3 * step_s, 2),
-          'step_ms_rounds': [round(1e3 * s / steps, 2) for s in seconds],
-          'images_per_sec': round(batch / step_s, 1),
-          'images_per_sec_per_device': round(batch / step_s / devices, 1)}
+  return {'step_ms': _sig(1e3 * step_s),
+          'step_ms_rounds': [_sig(1e3 * s / steps) for s in seconds],
+          'images_per_sec': _sig(batch / step_s),
+          'images_per_sec_per_device': _sig(batch / step_s / devices)}
 
 
 def _with_mfu(result: dict, flops_per_step: float, peak: float | None) -> dict:
   step_s = result['step_ms'] / 1e3
-  result['achieved_tflops'] = round(flops_per_step / step_s / 1e12, 3)
+  result['achieved_tflops'] = _sig(flops_per_step / step_s / 1e12)
   result['mfu'] = round(flops_per_step / step_s / peak, 4) if peak else None
   return result
 
@@ -99,14 +108,14 @@ def _record(bench: str, fields: dict) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   device = jax.devices()[0]
   return {
-      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      'date': _START['date'],
       'command': 'python -m benchmarks.throughput ' + shlex.join(sys.argv[1:]),
       'bench': bench,
       'platform': device.platform,
       'device_kind': device.device_kind,
       'device_count': jax.device_count(),
       'host': f'{platform.machine()}, {_cores()} cores usable',
-      'load_avg_start': round(os.getloadavg()[0], 2),
+      'load_avg_start': _START['load_avg'],
       'versions': _versions(),
       'note': _NOTE.value,
       **fields,
@@ -255,6 +264,10 @@ def bench_dit() -> dict:
                       'num_params': peer.num_params, 'compile_seconds': round(peer_first, 2)}
 
   seconds = _alternate(runners, _STEPS.value, _REPEATS.value, _WARMUP.value)
+  if _PROFILE_DIR.value:
+    with jax.profiler.trace(_PROFILE_DIR.value):
+      ours.run(_STEPS.value)
+    fields['profile_dir'] = _PROFILE_DIR.value
   results = {}
   for name, secs in seconds.items():
     peer_devices = 1 if name == 'diffusers' else devices  # the peer runs on one device
@@ -384,6 +397,14 @@ def bench_devices() -> dict:
 
 def main(argv) -> None:
   del argv
+  if _ATTENTION.value == 'cudnn' and _DTYPE.value != 'bfloat16':
+    raise app.UsageError('--attention=cudnn needs --dtype=bfloat16 (cuDNN fused attention takes '
+                         'fp16/bf16 only).')
+  _START.update(
+      date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      load_avg=round(os.getloadavg()[0], 2))
+  # Ours and the peer share one accelerator: JAX must not grab 75 % of its memory up front.
+  os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   bench = _BENCH.value
   if bench == 'dit':
     record = bench_dit()
