@@ -131,6 +131,20 @@ def test_cond_shape_checked(tiny):
     model.apply(params, x, t, cond=jnp.zeros((2, 32)))
 
 
+def test_class_labels_change_the_output_and_are_required():
+  model = DiT(patch_size=4, num_classes=3, **TINY)
+  x, t = images((2, 16, 16, 3)), jnp.array([3, 700])
+  params = jax.jit(lambda: model.init(jax.random.key(0), x, t, labels=jnp.zeros((2,), jnp.int32)))()
+  params = randomize_zero_params(params, seed=2)
+  assert params['params']['y_embedder']['embedding_table'].shape == (4, 64)  # + the null class
+  apply = jax.jit(lambda labels: model.apply(params, x, t, labels=labels))
+  out_a, out_b = apply(jnp.array([0, 3])), apply(jnp.array([1, 3]))
+  assert float(jnp.abs(out_a[0] - out_b[0]).max()) > 1e-3
+  np.testing.assert_array_equal(out_a[1], out_b[1])
+  with pytest.raises(ValueError, match='needed exactly when DiT.num_classes is set'):
+    model.apply(params, x, t)
+
+
 # ----------------------------------------------------------------------------- embeddings vs. an independent derivation
 
 

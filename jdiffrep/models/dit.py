@@ -5,6 +5,8 @@ Images are NHWC. The model predicts eps; `c = time_emb(t) + cond` drives adaLN i
 Parameter tree (for weight converters; PyTorch DiT name -> ours):
     x_embedder.proj                  -> x_embedder/proj          (Conv, kernel [p, p, C, D])
     t_embedder.mlp.0 / mlp.2         -> t_embedder/mlp_0, mlp_2
+    y_embedder.embedding_table       -> y_embedder/embedding_table (only with num_classes; row
+                                        num_classes is the null class of classifier-free guidance)
     blocks.i.attn.qkv / attn.proj    -> blocks_i/attn/qkv, proj  (qkv output ordered (3, heads, head_dim))
     blocks.i.mlp.fc1 / mlp.fc2       -> blocks_i/mlp/fc1, fc2
     blocks.i.adaLN_modulation.1      -> blocks_i/adaLN_modulation
@@ -58,14 +60,19 @@ def parse_model_name(name: str) -> tuple[int, int, int, int]:
 
 
 def timestep_embedding(
-    t: jax.Array, dim: int = TIME_FREQUENCY_DIM, max_period: float = 10000
+    t: jax.Array, dim: int = TIME_FREQUENCY_DIM, max_period: float = 10000,
+    frequency_shift: float = 0.0,
 ) -> jax.Array:
   """Sinusoidal embedding of time-steps, DiT order [cos, sin].
 
+  Frequencies are max_period^(-i / (dim/2 - frequency_shift)), i < dim/2: shift 0 is
+  facebookresearch/DiT, shift 1 is diffusers' DiT (`downscale_freq_shift=1`).
   t: [B] int or float. Returns [B, dim] float32 (zero-padded by one column if dim is odd).
   """
   half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  freqs = jnp.exp(
+      -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - frequency_shift)
+  )
   args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
   embedding = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
   if dim % 2:
@@ -154,14 +161,35 @@ class TimestepEmbedder(nn.Module):
 
   hidden_size: int
   frequency_dim: int = TIME_FREQUENCY_DIM
+  frequency_shift: float = 0.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, t: jax.Array) -> jax.Array:
     dense = lambda name: _dense(self, self.hidden_size, _time_mlp_init, name)
-    h = dense('mlp_0')(timestep_embedding(t, self.frequency_dim))
+    h = dense('mlp_0')(
+        timestep_embedding(t, self.frequency_dim, frequency_shift=self.frequency_shift)
+    )
     return dense('mlp_2')(nn.silu(h))
+
+
+class LabelEmbedder(nn.Module):
+  """Class labels [B] int in [0, num_classes] -> [B, D]; label num_classes is the null class.
+
+  The table has num_classes + 1 rows, N(0, 0.02), as DiT's LabelEmbedder with label dropout.
+  Dropping labels for classifier-free guidance is the caller's job (pass num_classes).
+  """
+
+  num_classes: int
+  hidden_size: int
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, labels: jax.Array) -> jax.Array:
+    table = self.param('embedding_table', _time_mlp_init, (self.num_classes + 1, self.hidden_size),
+                       self.param_dtype)
+    return jnp.take(table, labels, axis=0)
 
 
 class Attention(nn.Module):
@@ -253,7 +281,9 @@ class DiT(nn.Module):
 
   Params live in `param_dtype`; activations are computed in `dtype`; the output is float32.
   `attention_impl` is passed to `jax.nn.dot_product_attention(implementation=...)`
-  (None: XLA default; 'cudnn' on GPU).
+  (None: XLA default; 'cudnn' on GPU). `num_classes` adds DiT's class-label embedding (then
+  `labels` are required); `time_frequency_shift` is 1 for weights from diffusers (see
+  `timestep_embedding`).
   """
 
   depth: int
@@ -265,6 +295,8 @@ class DiT(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   attention_impl: str | None = None
+  num_classes: int | None = None
+  time_frequency_shift: float = 0.0
 
   @nn.compact
   def __call__(
@@ -274,15 +306,16 @@ class DiT(nn.Module):
       cond: jax.Array | None = None,
       capture_block: int | None = None,
       tokens_only: bool = False,
+      labels: jax.Array | None = None,
   ):
     """x: [B, H, W, C]; t: [B] (or scalar) time-steps; cond: optional [B, hidden_size] added to
-    the time embedding.
+    the time embedding; labels: [B] int class labels, needed exactly when `num_classes` is set.
 
     Returns eps: [B, H, W, out_channels] float32, or (eps, tokens) when `capture_block` is i,
     with tokens: [B, (H/p)*(W/p), hidden_size] the output of block i (0-based), in `dtype`.
     With `tokens_only`, stops after block i and returns the tokens alone (features are cheaper).
     """
-    self._check_inputs(x, cond, capture_block, tokens_only)
+    self._check_inputs(x, cond, capture_block, tokens_only, labels)
     batch, height, width, channels = x.shape
     p = self.patch_size
     grid_h, grid_w = height // p, width // p
@@ -296,8 +329,16 @@ class DiT(nn.Module):
     tokens = tokens + pos_embed[None]
 
     c = TimestepEmbedder(
-        self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype, name='t_embedder'
+        self.hidden_size,
+        frequency_shift=self.time_frequency_shift,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name='t_embedder',
     )(t)
+    if self.num_classes is not None:
+      c = c + LabelEmbedder(
+          self.num_classes, self.hidden_size, param_dtype=self.param_dtype, name='y_embedder'
+      )(labels).astype(c.dtype)
     if cond is not None:
       c = c + cond.astype(c.dtype)
 
@@ -322,8 +363,15 @@ class DiT(nn.Module):
     eps = unpatchify(out, grid_h, grid_w, p, out_channels).astype(jnp.float32)
     return eps if capture_block is None else (eps, captured)
 
-  def _check_inputs(self, x, cond, capture_block, tokens_only=False) -> None:
+  def _check_inputs(self, x, cond, capture_block, tokens_only=False, labels=None) -> None:
     """Raise ValueError on inputs the model cannot handle."""
+    if (labels is None) != (self.num_classes is None):
+      raise ValueError(
+          'Class labels [B] are needed exactly when DiT.num_classes is set; got '
+          f'num_classes={self.num_classes} and labels {"None" if labels is None else "given"}.'
+      )
+    if labels is not None and labels.shape != (x.shape[0],):
+      raise ValueError(f'labels must have shape [B] = {(x.shape[0],)}, got {labels.shape}.')
     if x.ndim != 4:
       raise ValueError(f'DiT expects images [B, H, W, C], got shape {x.shape}.')
     height, width = x.shape[1:3]
