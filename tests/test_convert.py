@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-if os.environ.get('JDIFFREP_REQUIRE_PEER'):  # CI: a missing torch is a failure, not a skip
+# CI (which sets CI=true) installs the 'test' extra: there a missing torch is a failure, not a skip.
+if os.environ.get('CI', '').lower() in ('1', 'true') or os.environ.get('JDIFFREP_REQUIRE_PEER'):
   import diffusers  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
 else:
