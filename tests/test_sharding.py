@@ -61,7 +61,8 @@ def test_single_host_needs_no_distributed_runtime():
   assert distributed.settings_from_environment(environ={}) is None
   assert distributed.settings_from_environment(environ={'SLURM_JOB_ID': '7',
                                                         'SLURM_NTASKS': '1'}) is None
-  assert distributed.settings_from_environment(environ={'TPU_WORKER_HOSTNAMES': 'localhost'}) is None
+  one_tpu_host = {'TPU_WORKER_HOSTNAMES': 'localhost'}
+  assert distributed.settings_from_environment(environ=one_tpu_host) is None
   assert distributed.settings_from_environment('127.0.0.1:1234', 1, 0, environ={}) is None
 
 
