@@ -54,7 +54,7 @@ def training_stage_configs(config) -> list:
 def format_compile_report(stage: str, report: dict) -> str:
   """A few human-readable lines of `train.compile_only`'s result."""
   memory = report['per_device_memory_bytes']
-  gib = lambda n: f'{n / 2**30:.3f} GiB'
+  gib = lambda n: f'{n / 2**30:.2f} GiB' if n >= 2**30 else f'{n / 2**20:.1f} MiB'
   return '\n'.join([
       f'[{stage}] {report["method"]} {report["model"]}, batch {report["batch_size"]}, mesh '
       f'{report["mesh"]} on {report["devices"]} x {report["device_kind"]}',

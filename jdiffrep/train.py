@@ -178,7 +178,10 @@ def _write_preview_grid(preview_fn, state: TrainState, step: int, workdir: str,
   samples = pipeline.to_uint8(jax.device_get(preview_fn(state.ema_params)))
   grid = images.make_grid(samples, num_columns=8, upscale=max(1, 128 // samples.shape[1]))
   writer.write_images(step, {'samples': grid[None]})
-  return images.save_png(os.path.join(workdir, 'samples', f'step_{step:07d}.png'), grid)
+  path = os.path.join(workdir, 'samples', f'step_{step:07d}.png')
+  if jax.process_index() != 0:  # every process computes the samples; one writes them
+    return path
+  return images.save_png(path, grid)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
