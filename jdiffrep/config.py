@@ -110,6 +110,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1  # -1: all devices not used by the other axes
   config.mesh.fsdp = 1
+  # Arrays with at least this many elements are split over 'fsdp' (largest divisible axis);
+  # smaller ones (biases, norms) are replicated. See jdiffrep/sharding.py:fsdp_spec.
+  config.mesh.fsdp_min_size = 2 ** 16
   return config
 
 

@@ -1,8 +1,10 @@
 """Device mesh and the shardings of batches and train state.
 
 The mesh always has the axes ('data', 'fsdp'), even on one device, so the same jitted step runs
-on a laptop CPU, one GPU or a pod slice. Batches are split over both axes; parameters and
-optimiser state are replicated.
+on a laptop CPU, one GPU or a pod slice. Batches are split over both axes. Parameters, their EMA,
+the optimiser state and frozen parameters follow one rule (`fsdp_spec`): an array of at least
+`min_size` elements is split over 'fsdp' along its largest axis that the fsdp size divides; smaller
+arrays (biases, norms, counters) are replicated. With fsdp = 1 everything is replicated.
 """
 
 from __future__ import annotations
@@ -46,6 +48,31 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
+  """The PartitionSpec of one array of `shape`: split over 'fsdp' or replicated.
+
+  Splits the largest axis divisible by `fsdp_size` (the first of equal ones) when the array has
+  at least `min_size` elements; replicated otherwise, or when no axis divides.
+  """
+  if fsdp_size <= 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+    return P()
+  divisible = [axis for axis, size in enumerate(shape) if size % fsdp_size == 0]
+  if not divisible:
+    return P()
+  axis = max(divisible, key=lambda a: (shape[a], -a))
+  return P(*([None] * axis), 'fsdp')
+
+
+def tree_shardings(tree, mesh: Mesh, min_size: int):
+  """A NamedSharding per leaf of `tree` (arrays or ShapeDtypeStructs) by `fsdp_spec`.
+
+  Optimiser moments have their parameter's shape, so they are split exactly like it.
+  """
+  fsdp_size = mesh.shape['fsdp']
+  return jax.tree.map(
+      lambda x: NamedSharding(mesh, fsdp_spec(tuple(x.shape), fsdp_size, min_size)), tree)
 
 
 def num_batch_shards(mesh: Mesh) -> int:

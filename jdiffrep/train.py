@@ -83,6 +83,92 @@ def train_step(state: TrainState, frozen, batch: dict, *, method,
                        opt_state=opt_state), metrics
 
 
+def abstract_train_state(method, tx: optax.GradientTransformation) -> TrainState:
+  """ShapeDtypeStructs of `init_train_state`'s output; nothing is allocated."""
+  return jax.eval_shape(lambda rng: init_train_state(method, tx, rng), jax.random.PRNGKey(0))
+
+
+def make_checked_mesh(config: ml_collections.ConfigDict, devices=None) -> jax.sharding.Mesh:
+  """`config.mesh` over `devices` (default: all), checked against `config.batch_size`."""
+  mesh = sharding.make_mesh(config.mesh, devices)
+  if config.batch_size % sharding.num_batch_shards(mesh):
+    raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the '
+                     f'{sharding.num_batch_shards(mesh)} batch shards of the mesh.')
+  return mesh
+
+
+def make_sharded_step(config: ml_collections.ConfigDict, method, tx: optax.GradientTransformation,
+                      learning_rate: optax.Schedule, mesh: jax.sharding.Mesh):
+  """The jitted train step with explicit shardings, and the shardings of its state and frozen.
+
+  Train state (params, EMA, optimiser moments) and frozen params are split over 'fsdp' by
+  `sharding.tree_shardings`; the batch over ('data', 'fsdp'); metrics are replicated.
+  Returns (step_fn, state_sharding, frozen_sharding); step_fn(state, frozen, batch).
+  """
+  min_size = config.mesh.fsdp_min_size
+  state_sharding = sharding.tree_shardings(abstract_train_state(method, tx), mesh, min_size)
+  frozen_sharding = sharding.tree_shardings(method.abstract_frozen(), mesh, min_size)
+  step_fn = jax.jit(
+      lambda s, f, b: train_step(s, f, b, method=method, tx=tx, learning_rate=learning_rate,
+                                 ema_decay=config.optim.ema_decay),
+      in_shardings=(state_sharding, frozen_sharding, sharding.batch_sharding(mesh)),
+      out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
+  return step_fn, state_sharding, frozen_sharding
+
+
+def compile_step(step_fn, state, frozen, batch):
+  """AOT-compiles `step_fn` for these (possibly abstract) inputs: (compiled, seconds, FLOPs)."""
+  compile_start = time.time()
+  compiled = step_fn.lower(state, frozen, batch).compile()
+  compile_seconds = time.time() - compile_start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
+  flops_per_step = float(cost.get('flops', 0.0)) if cost else 0.0
+  return compiled, compile_seconds, flops_per_step
+
+
+def compile_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Compiles the train step of `config` on the current devices; reads no data, trains nothing.
+
+  Everything is abstract (shapes and shardings), so a config too large to allocate still
+  compiles. Returns the trainable parameter count, XLA's per-device memory (arguments,
+  outputs, temporaries) and FLOPs per step, to check a configuration fits before running it.
+  """
+  config_lib.validate_config(config)
+  mesh = make_checked_mesh(config)
+  resolution = config.dataset.resolution
+  method = methods.make_method(config, (resolution, resolution, 3), workdir=workdir)
+  tx, learning_rate = make_optimizer(config.optim)
+  step_fn, state_sharding, frozen_sharding = make_sharded_step(config, method, tx, learning_rate,
+                                                               mesh)
+  with_sharding = lambda tree, shardings: jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+  state = with_sharding(abstract_train_state(method, tx), state_sharding)
+  frozen = with_sharding(method.abstract_frozen(), frozen_sharding)
+  batch = {'image': jax.ShapeDtypeStruct((config.batch_size, resolution, resolution, 3),
+                                         jnp.float32, sharding=sharding.batch_sharding(mesh))}
+  compiled, compile_seconds, flops_per_step = compile_step(step_fn, state, frozen, batch)
+  memory = compiled.memory_analysis()
+  memory_bytes = {name: int(getattr(memory, f'{name}_size_in_bytes', 0) or 0)
+                  for name in ('argument', 'output', 'temp', 'alias', 'generated_code')}
+  # Donated state is aliased to the output: count those bytes once.
+  memory_bytes['peak_estimate'] = (memory_bytes['argument'] + memory_bytes['output']
+                                   - memory_bytes['alias'] + memory_bytes['temp'])
+  return {
+      'method': config.method,
+      'model': config.model.name,
+      'num_params': count_params(state.params),
+      'num_frozen_params': count_params(frozen),
+      'batch_size': config.batch_size,
+      'mesh': dict(mesh.shape),
+      'devices': jax.device_count(),
+      'device_kind': jax.devices()[0].device_kind,
+      'per_device_memory_bytes': memory_bytes,
+      'xla_flops_per_step': flops_per_step,
+      'compile_seconds': compile_seconds,
+  }
+
+
 def count_params(params) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
@@ -92,7 +178,10 @@ def _write_preview_grid(preview_fn, state: TrainState, step: int, workdir: str,
   samples = pipeline.to_uint8(jax.device_get(preview_fn(state.ema_params)))
   grid = images.make_grid(samples, num_columns=8, upscale=max(1, 128 // samples.shape[1]))
   writer.write_images(step, {'samples': grid[None]})
-  return images.save_png(os.path.join(workdir, 'samples', f'step_{step:07d}.png'), grid)
+  path = os.path.join(workdir, 'samples', f'step_{step:07d}.png')
+  if jax.process_index() != 0:  # every process computes the samples; one writes them
+    return path
+  return images.save_png(path, grid)
 
 
 def tree_all_finite(tree) -> jax.Array:
@@ -145,12 +234,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, sigterm
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
 
   # ---------------------------------------------------------------- mesh
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = make_checked_mesh(config)
   logging.info('Mesh %s over %d devices (%s), %d process(es).', dict(mesh.shape),
                jax.device_count(), jax.devices()[0].device_kind, jax.process_count())
-  if config.batch_size % sharding.num_batch_shards(mesh):
-    raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the '
-                     f'{sharding.num_batch_shards(mesh)} batch shards of the mesh.')
 
   # ---------------------------------------------------------------- input pipeline
   train_iter = pipeline.make_train_iterator(
@@ -163,8 +249,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, sigterm
   method = methods.make_method(config, image_shape, workdir=workdir)
   tx, learning_rate = make_optimizer(config.optim)
   replicated = sharding.replicated(mesh)
-  frozen = jax.device_put(method.load_frozen(), replicated)
-  init_fn = jax.jit(lambda rng: init_train_state(method, tx, rng), out_shardings=replicated)
+  step_fn, state_sharding, frozen_sharding = make_sharded_step(config, method, tx, learning_rate,
+                                                               mesh)
+  frozen = jax.device_put(method.load_frozen(), frozen_sharding)
+  init_fn = jax.jit(lambda rng: init_train_state(method, tx, rng), out_shardings=state_sharding)
   state = init_fn(jax.random.PRNGKey(config.seed))
   num_params = count_params(state.params)
   logging.info('Model %s: %s trainable parameters.', config.model.name, f'{num_params:,}')
@@ -187,17 +275,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, sigterm
 
   # ---------------------------------------------------------------- compile
   batch = sharding.global_batch(next(train_iter), mesh)
-  step_fn = jax.jit(
-      lambda s, f, b: train_step(s, f, b, method=method, tx=tx, learning_rate=learning_rate,
-                                 ema_decay=config.optim.ema_decay),
-      in_shardings=(replicated, replicated, sharding.batch_sharding(mesh)),
-      out_shardings=(replicated, replicated), donate_argnums=(0,))
-  compile_start = time.time()
-  compiled_step = step_fn.lower(state, frozen, batch).compile()
-  compile_seconds = time.time() - compile_start
-  cost = compiled_step.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
-  flops_per_step = float(cost.get('flops', 0.0)) if cost else 0.0
+  compiled_step, compile_seconds, flops_per_step = compile_step(step_fn, state, frozen, batch)
   logging.info('Compiled train step in %.1f s (%.3g FLOPs per step per device by XLA).',
                compile_seconds, flops_per_step)
   # The same noise and the same images in every preview grid, so grids compare across steps.

@@ -61,15 +61,20 @@ def test_epochs_cover_every_example_and_are_reshuffled(tiny_config):
   assert not np.array_equal(epoch1, epoch2)
 
 
-def test_processes_read_disjoint_halves(tiny_config):
+def test_processes_read_their_rows_of_one_global_batch(tiny_config):
+  """Two processes' halves, stacked, are the one-process batch; an epoch covers every example."""
+  whole = _iterator(tiny_config)
   first = _iterator(tiny_config, process_index=0, process_count=2)
   second = _iterator(tiny_config, process_index=1, process_count=2)
   seen = [[], []]
-  for _ in range(32):  # one epoch of each 256-example half, 8 per batch
-    for k, it in enumerate((first, second)):
-      batch = next(it)
-      assert batch['image'].shape[0] == 8
-      seen[k].extend(batch['image'])
+  for _ in range(32):  # one epoch: 32 global batches of 16, 8 rows per process
+    want = next(whole)
+    halves = next(first), next(second)
+    for k, half in enumerate(halves):
+      assert half['image'].shape[0] == 8
+      seen[k].extend(half['image'])
+    for key in ('image', 'attributes'):
+      np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), want[key])
   assert len(seen[0]) == len(seen[1]) == 256
   assert _multiset(seen[0]) + _multiset(seen[1]) == _all_train_images()
 

@@ -1,9 +1,12 @@
 """Grain input pipeline: TFDS data source -> shuffle -> crop/resize, flip, scale -> batch.
 
-Each JAX process reads its own slice of the split (`tfds.split_for_jax_process`) and yields its
-share of the global batch as NumPy arrays; the trainer assembles the global array. The iterator
-is checkpointable (`get_state` / `set_state`, or orbax through `grain.checkpoint`), so a resumed
-run sees exactly the batches an uninterrupted one would have seen.
+One global, seeded order of record indices is cut into global batches; each JAX process keeps
+its rows of every global batch (process p rows [p * B/P, (p+1) * B/P)) and reads only those
+records. The trainer assembles the global array with `jax.make_array_from_process_local_data`,
+so the global batch at step s, and each example's random flip, are the same whatever the number
+of processes. The iterator is checkpointable (`get_state` / `set_state`, or orbax through
+`grain.checkpoint`), so a resumed run sees exactly the batches an uninterrupted one would have
+seen.
 """
 
 from __future__ import annotations
@@ -54,31 +57,51 @@ def make_train_iterator(dataset_config, *, global_batch_size: int, seed: int,
   """Endless, shuffled (reshuffled every epoch) iterator over this process's training batches.
 
   Yields dicts of NumPy arrays; `image` is [global_batch_size / process_count, R, R, C]
-  float32 in [-1, 1]. Deterministic for a given seed and process layout.
+  float32 in [-1, 1]: rows [p * B/P, (p+1) * B/P) of the global batch, which depends only on
+  the seed (not on the process layout).
   """
   spec = registry.get_spec(dataset_config.name)
   if dataset_config.random_flip and not spec.flip_preserves_labels:
     raise ValueError(f'config.dataset.random_flip=True would corrupt the labels of {spec.name!r} '
                      '(a flip changes left/right attributes); set config.dataset.random_flip=False.')
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  split = tfds.split_for_jax_process(spec.train_split, process_index=process_index,
-                                     process_count=process_count, drop_remainder=True)
-  source = registry.open_source(dataset_config, split)
   batch_size = per_process_batch_size(global_batch_size, process_count)
-  if len(source) < batch_size:
-    raise ValueError(f'{spec.name} split {split!r} has {len(source)} examples, fewer than one '
-                     f'per-process batch ({batch_size}); lower config.batch_size.')
-  preprocess = functools.partial(_preprocess, spec=spec, resolution=dataset_config.resolution,
-                                 random_flip=dataset_config.random_flip)
-  dataset = (grain.MapDataset.source(source)
+  source = registry.open_source(dataset_config, spec.train_split)
+  if len(source) < global_batch_size:
+    raise ValueError(f'{spec.name} split {spec.train_split!r} has {len(source)} examples, fewer '
+                     f'than one batch ({global_batch_size}); lower config.batch_size.')
+  rows = slice(process_index * batch_size, (process_index + 1) * batch_size)
+  read_rows = functools.partial(
+      _read_rows, source=source, spec=spec, resolution=dataset_config.resolution,
+      random_flip=dataset_config.random_flip, seed=seed)
+  # (position in the global stream, record index) pairs: the position seeds each example's flip.
+  dataset = (grain.MapDataset.range(len(source))
              .seed(seed)
              .shuffle()
              .repeat(None)
-             .random_map(preprocess)
-             .batch(batch_size, drop_remainder=True))
+             .map_with_index(lambda position, record: (position, record))
+             .batch(global_batch_size, drop_remainder=True)
+             .map(lambda pairs: read_rows(pairs[0][rows], pairs[1][rows])))
   read_options = grain.ReadOptions(num_threads=dataset_config.read_threads,
                                    prefetch_buffer_size=dataset_config.prefetch_batches)
   return iter(dataset.to_iter_dataset(read_options))
+
+
+def _read_rows(positions: np.ndarray, records: np.ndarray, *, source, spec: registry.DatasetSpec,
+               resolution: int, random_flip: bool, seed: int) -> dict:
+  """Reads and preprocesses `records` [N] into one batch; `positions` [N] seed the flips."""
+  examples = [
+      _preprocess(source[int(record)], np.random.default_rng((seed, int(position))), spec=spec,
+                  resolution=resolution, random_flip=random_flip)
+      for position, record in zip(positions, records)]
+  return _stack_examples(examples)
+
+
+def _stack_examples(examples: list[dict]) -> dict:
+  """[{'image': [H, W, C], ...}] * N -> {'image': [N, H, W, C], ...} (nested dicts too)."""
+  first = examples[0]
+  if isinstance(first, dict):
+    return {key: _stack_examples([e[key] for e in examples]) for key in first}
+  return np.stack([np.asarray(e) for e in examples])
 
 
 def iterate_split(dataset_config, split: str, batch_size: int,

@@ -47,6 +47,10 @@ class DDPM:
   def load_frozen(self) -> dict:
     return {}
 
+  def abstract_frozen(self) -> dict:
+    """ShapeDtypeStructs of `load_frozen`'s output (to compile without loading anything)."""
+    return {}
+
   def abstract_params(self):
     """ShapeDtypeStructs of `init_params`' output, to check restored checkpoints against."""
     return jax.eval_shape(self.init_params, jax.random.PRNGKey(0))

@@ -117,9 +117,8 @@ class DiTi:
   def load_frozen(self) -> dict:
     """The frozen DM's EMA params from its training run, checked against this DiT's shapes."""
     from jdiffrep import checkpoint  # pylint: disable=g-import-not-at-top
-    expected = jax.eval_shape(lambda: self.dm.init(jax.random.PRNGKey(0), *self._dm_inputs()))
     try:
-      params = checkpoint.load_trained_params(self.dm_checkpoint_dir, expected['params'],
+      params = checkpoint.load_trained_params(self.dm_checkpoint_dir, self.abstract_frozen()['dm'],
                                               what='diffusion model')
     except FileNotFoundError as error:
       raise FileNotFoundError(
@@ -127,6 +126,11 @@ class DiTi:
           'config.diti.dm_workdir to the workdir of a finished DM run with the same '
           'config.model.') from error
     return {'dm': params}
+
+  def abstract_frozen(self) -> dict:
+    """ShapeDtypeStructs of `load_frozen`'s output: the DM's params, found without a checkpoint."""
+    return {'dm': jax.eval_shape(
+        lambda: self.dm.init(jax.random.PRNGKey(0), *self._dm_inputs()))['params']}
 
   def abstract_params(self):
     """ShapeDtypeStructs of `init_params`' output, to check restored checkpoints against."""
