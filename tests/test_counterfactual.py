@@ -266,11 +266,11 @@ def test_attribute_change_rates_exact_fractions():
 
 
 def test_attribute_classifier_reads_every_shapes_attribute():
-  train_images, train_labels = _shapes_images('train', range(4000))
+  train_images, train_labels = _shapes_images('train', range(8000))
   test_images, test_labels = _shapes_images('test', range(1000))
   num_classes = {name: len(v) for name, v in shapes.CATEGORICAL_ATTRIBUTES.items()}
   classifier = counterfactual.train_attribute_classifier(
-      train_images, train_labels, num_classes, steps=1000, seed=0, test_images=test_images,
+      train_images, train_labels, num_classes, steps=2000, seed=0, test_images=test_images,
       test_labels=test_labels)
   assert set(classifier.test_accuracy) == set(num_classes)
   for name, accuracy in classifier.test_accuracy.items():
