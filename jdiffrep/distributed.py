@@ -84,7 +84,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     return False
   # Cross-process collectives of the CPU backend (tests, CPU clusters); GPUs and TPUs use their
   # own. gloo is the default in recent JAX; set it so older defaults do not silently differ.
-  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  try:
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  except AttributeError:  # a JAX without the option has a single CPU implementation
+    logging.info('This JAX has no jax_cpu_collectives_implementation option; using its default.')
   logging.info('Multi-process run (%s): initialising jax.distributed.', settings.reason)
   jax.distributed.initialize(coordinator_address=settings.coordinator_address,
                              num_processes=settings.num_processes,
