@@ -44,9 +44,10 @@ _ATTENTION = flags.DEFINE_enum('attention', 'xla', ['xla', 'cudnn'],
                                "jax.nn.dot_product_attention implementation ('cudnn': GPU only).")
 _PEER = flags.DEFINE_enum('peer', 'diffusers', ['diffusers', 'none'], 'The peer to compare with.')
 _PEER_COMPILE = flags.DEFINE_bool('peer_compile', False, 'torch.compile the peer model.')
-_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per round.')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Rounds (ours and the peer alternate).')
-_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per round.', lower_bound=1)
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Rounds (ours and the peer alternate).',
+                                lower_bound=1)
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.', lower_bound=0)
 _THREADS = flags.DEFINE_integer('threads', 0, 'torch threads (0: the cores this process may use).')
 _DEVICES = flags.DEFINE_list('devices', ['1', '2', '4', '8'], '--bench=devices: device counts.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, "--bench=data: TFDS data dir ('shapes' is "
@@ -87,12 +88,6 @@ def _with_mfu(result: dict, flops_per_step: float, peak: float | None) -> dict:
   result['achieved_tflops'] = _sig(flops_per_step / step_s / 1e12)
   result['mfu'] = round(flops_per_step / step_s / peak, 4) if peak else None
   return result
-
-
-def _xla_flops(compiled) -> float | None:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost['flops']) if cost and 'flops' in cost else None
 
 
 def _versions() -> dict:
@@ -206,7 +201,7 @@ class OursDiTStep:
         out_shardings=(replicated, replicated), donate_argnums=(0,),
     ).lower(self.state, self.batch).compile()
     self.compile_seconds = time.perf_counter() - start
-    self.xla_flops = _xla_flops(self.compiled)
+    self.xla_flops = train.xla_flops(self.compiled)
 
   def run(self, steps: int) -> float:
     """Seconds for `steps` steps; blocks only before the first and after the last."""
@@ -221,7 +216,8 @@ class OursDiTStep:
 def _alternate(runners: dict, steps: int, repeats: int, warmup: int) -> dict[str, list[float]]:
   """Warm each runner up, then time them in turns: {name: [seconds per round]}."""
   for runner in runners.values():
-    runner.run(warmup)
+    if warmup:  # run(0) has no step to wait for
+      runner.run(warmup)
   seconds = {name: [] for name in runners}
   for _ in range(repeats):
     for name, runner in runners.items():
@@ -336,14 +332,15 @@ def bench_method(method_name: str) -> dict:
     jax.block_until_ready((state, metrics))
     return time.perf_counter() - start
 
-  run(_WARMUP.value)
+  if _WARMUP.value:
+    run(_WARMUP.value)
   seconds = [run(_STEPS.value) for _ in range(_REPEATS.value)]
   result = _median_round(seconds, _STEPS.value, _BATCH.value, jax.device_count())
   return _record(method_name, {
       'model': _MODEL.value, 'resolution': _RESOLUTION.value, 'batch': _BATCH.value,
       'dtype': _DTYPE.value, 'attention': _ATTENTION.value, 'steps': _STEPS.value,
       'repeats': _REPEATS.value, 'num_params': train.count_params(state.params),
-      'compile_seconds': round(compile_seconds, 2), 'xla_flops_per_step': _xla_flops(compiled),
+      'compile_seconds': round(compile_seconds, 2), 'xla_flops_per_step': train.xla_flops(compiled),
       'jdiffrep': result})
 
 

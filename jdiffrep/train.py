@@ -116,15 +116,19 @@ def make_sharded_step(config: ml_collections.ConfigDict, method, tx: optax.Gradi
   return step_fn, state_sharding, frozen_sharding
 
 
+def xla_flops(compiled) -> float | None:
+  """FLOPs of one call of a compiled function by XLA's cost analysis (per device); None if absent."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost['flops']) if cost and 'flops' in cost else None
+
+
 def compile_step(step_fn, state, frozen, batch):
   """AOT-compiles `step_fn` for these (possibly abstract) inputs: (compiled, seconds, FLOPs)."""
   compile_start = time.time()
   compiled = step_fn.lower(state, frozen, batch).compile()
   compile_seconds = time.time() - compile_start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
-  flops_per_step = float(cost.get('flops', 0.0)) if cost else 0.0
-  return compiled, compile_seconds, flops_per_step
+  return compiled, compile_seconds, xla_flops(compiled) or 0.0
 
 
 def compile_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
