@@ -80,6 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.diti.stage_dims = ml_collections.config_dict.placeholder(tuple)  # dims per stage
   config.diti.gradient_mode = 'base'  # or 'stop_grad' (the paper's "balanced" setting)
   config.diti.encoder = 'conv'  # or 'vit'
+  # The conv encoder's one attention block follows the stage of this output side: 16 is the
+  # official place at 64x64 (after the 2nd stride-2 stage); 8 is the same place at 32x32.
+  config.diti.encoder_attention_resolution = 16
   config.diti.branch_depth = -1  # -1: half the DM's depth
   config.diti.condition_mode = 'add'  # or 'modulate' (z modulates around the time modulation)
   config.diti.dm_workdir = ml_collections.config_dict.placeholder(str)  # None: <workdir>/ddpm
@@ -97,9 +100,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.evaluate = ml_collections.ConfigDict()
   config.evaluate.batch_size = 256  # feature extraction
   config.evaluate.probe_epochs = 15
+  # Images of each split that the evaluation encodes (the first ones, in record order).
   config.evaluate.train_limit = ml_collections.config_dict.placeholder(int)  # None: whole split
+  config.evaluate.eval_limit = ml_collections.config_dict.placeholder(int)  # validation and test
   config.evaluate.reconstruction_images = 32
   config.evaluate.counterfactual_pairs = 64  # test pairs (A, B) for DiTi counterfactuals
+  # The swapped group of z is lerp(z_A, z_B, alpha); x_T is slerp(x_T^A, x_T^B, noise_alpha).
+  # (1, 0) swaps B's values in and keeps A's own noise; the official interpolation moves both.
+  config.evaluate.counterfactual_alpha = 1.0
+  config.evaluate.counterfactual_noise_alpha = 0.0
   # The CNN that reads counterfactuals: on shapes 1.1.0 it reads shape at 0.984 from 8000
   # images (0.968 from 4000), every other attribute at >= 0.994.
   config.evaluate.classifier_train_images = 8000
@@ -150,6 +159,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.optim.ema_decay={config.optim.ema_decay} must be in [0, 1).')
   if config.sample.ddim_steps > config.diffusion.num_timesteps:
     raise ValueError('config.sample.ddim_steps must not exceed config.diffusion.num_timesteps.')
+  for field in ('train_limit', 'eval_limit'):
+    value = config.evaluate[field]
+    if value is not None and (not isinstance(value, int) or value < 1):
+      raise ValueError(f'config.evaluate.{field}={value!r} must be a positive integer or None '
+                       '(None: the whole split).')
+  for field in ('counterfactual_alpha', 'counterfactual_noise_alpha'):
+    if not 0.0 <= config.evaluate[field] <= 1.0:
+      raise ValueError(f'config.evaluate.{field}={config.evaluate[field]} must be in [0, 1] '
+                       '(0 keeps A, 1 takes B).')
 
 
 def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:

@@ -50,6 +50,9 @@ def test_unknown_key_is_an_error_that_names_it():
     ('method', 'gan', 'ddpm'),
     ('batch_size', 0, 'positive'),
     ('optim.ema_decay', 1.5, 'ema_decay'),
+    ('evaluate.counterfactual_alpha', 1.5, r'counterfactual_alpha=1.5 must be in \[0, 1\]'),
+    ('evaluate.counterfactual_noise_alpha', -0.1, 'counterfactual_noise_alpha'),
+    ('evaluate.eval_limit', 0, r'eval_limit=0 must be a positive integer or None'),
 ])
 def test_bad_values_name_the_field_and_the_fix(field, value, fragment):
   config = _parse()

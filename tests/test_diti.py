@@ -123,6 +123,13 @@ def test_loss_falls_and_the_encoder_learns(diti_config, run_root, gradient_mode)
   assert float(sum(jnp.abs(g).sum() for g in jax.tree.leaves(encoder_grads))) > 0
 
 
+def test_conv_encoder_attention_sits_where_the_config_says(diti_config, tmp_path):
+  for side, block in ((16, 'attn_0'), (8, 'attn_1')):  # 32x32 input: stage 0 gives 16x16
+    diti_config.diti.encoder_attention_resolution = side
+    encoder = _method(diti_config, str(tmp_path / 'diti')).abstract_params()['encoder']
+    assert [name for name in encoder if name.startswith('attn')] == [block]
+
+
 def test_pdae_sees_every_dim_at_every_step(diti_config, tmp_path):
   method = _method(diti_config, str(tmp_path / 'pdae'), name='pdae')
   assert method.partition.num_subsets == 1
@@ -149,8 +156,10 @@ def test_pipeline_runs_every_stage_and_reuses_finished_ones(diti_config, tmp_pat
   diti_config.evaluate.dm_feature_timesteps = (0, 100)
   diti_config.stage_overrides = {'ddpm': {'num_train_steps': 4}}
   diti_config.evaluate.probe_epochs = 2
+  diti_config.evaluate.eval_limit = 48  # of the 64 validation and test images
   diti_config.evaluate.reconstruction_images = 4
   diti_config.evaluate.counterfactual_pairs = 4
+  diti_config.evaluate.counterfactual_noise_alpha = 0.5  # also inverts B and slerps the noises
   diti_config.evaluate.classifier_train_images = 256
   diti_config.evaluate.classifier_steps = 20
   workdir = str(tmp_path / 'run')
@@ -163,12 +172,14 @@ def test_pipeline_runs_every_stage_and_reuses_finished_ones(diti_config, tmp_pat
     assert os.path.exists(os.path.join(workdir, stage, 'results.json'))
   evaluation = stages['evaluate']
   assert set(evaluation['attribute_probe']) == {'pixels', 'diti', 'pdae'}
-  assert evaluation['num_examples'] == {'train': 512, 'validation': 64, 'test': 64}
+  assert evaluation['num_examples'] == {'train': 512, 'validation': 48, 'test': 48}
   for probe_result in evaluation['attribute_probe'].values():
     assert 0.0 < probe_result['test_mean_ap'] <= 1.0
     assert len(probe_result['per_attribute_ap']) == 17
   assert len(evaluation['timestep_probe']) == 4  # one per subset group of k = 4
   assert set(evaluation['counterfactual']['change_rates']) == set(evaluation['timestep_probe'])
+  assert (evaluation['counterfactual']['alpha'], evaluation['counterfactual']['noise_alpha']) == (
+      1.0, 0.5)
   # Every representation is read by the same categorical probes; sdae and the DM along t.
   categorical = evaluation['categorical_probe']
   assert set(categorical) == {'pixels', 'diti', 'pdae', 'sdae_t0', 'sdae_t100', 'sdae_mean_t',

@@ -116,7 +116,7 @@ def iterate_split(dataset_config, split: str, batch_size: int,
                                           resolution=dataset_config.resolution))
   dataset = dataset.batch(batch_size, drop_remainder=False)
   read_options = grain.ReadOptions(num_threads=dataset_config.read_threads,
-                                   prefetch_buffer_size=2)
+                                   prefetch_buffer_size=max(2, dataset_config.read_threads))
   yield from dataset.to_iter_dataset(read_options)
 
 

@@ -119,15 +119,18 @@ def counterfactual_study(config, spec, method, params, frozen, out_dir: str) -> 
   images_a, images_b = test_images[:pairs], test_images[pairs:2 * pairs]
   groups = counterfactual.subset_groups(method.partition.num_subsets)
   names = [counterfactual.group_label(method.partition, g) for g in groups]
-  result = counterfactual.counterfactuals(method, params, frozen, images_a, images_b, groups,
-                                          num_steps=config.sample.ddim_steps)
+  result = counterfactual.counterfactuals(
+      method, params, frozen, images_a, images_b, groups, num_steps=config.sample.ddim_steps,
+      alpha=eval_config.counterfactual_alpha, noise_alpha=eval_config.counterfactual_noise_alpha)
   grid_path = os.path.join(out_dir, 'counterfactuals.png')
   counterfactual.save_counterfactual_grid(grid_path, images_a[:8], images_b[:8],
                                           {k: v[..., :8, :, :, :] if k == 'swapped' else v[:8]
                                            for k, v in result.items()}, names)
   rates = counterfactual.attribute_change_rates(classifier.classify, images_a, images_b, result,
                                                 sorted(train_labels), group_names=names)
-  return {'pairs': pairs, 'groups': dict(zip(names, [list(g) for g in groups])),
+  return {'pairs': pairs, 'alpha': eval_config.counterfactual_alpha,
+          'noise_alpha': eval_config.counterfactual_noise_alpha,
+          'groups': dict(zip(names, [list(g) for g in groups])),
           'classifier_test_accuracy': {k: float(v) for k, v in classifier.test_accuracy.items()},
           'change_rates': rates, 'grid': grid_path}
 
@@ -165,7 +168,8 @@ def evaluate(config, workdir: str) -> dict:
   feature_sets = {
       key: features.extract(feature_fn, config.dataset, split,
                             batch_size=eval_config.batch_size,
-                            limit=eval_config.train_limit if key == 'train' else None)
+                            limit=(eval_config.train_limit if key == 'train'
+                                   else eval_config.eval_limit))
       for key, split in splits.items()}
   results = {'splits': splits,
              'num_examples': {k: int(len(v['attributes'])) for k, v in feature_sets.items()

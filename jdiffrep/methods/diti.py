@@ -81,7 +81,9 @@ class DiTi:
         depth=branch_depth, num_heads=dm.num_heads, patch_size=dm.patch_size,
         out_channels=image_shape[-1], condition_mode=c.condition_mode, dtype=dtype,
         attention_impl=config.model.attention_impl)
-    encoder = encoders.make_encoder(c.encoder, c.latent_dim, dtype=dtype)
+    encoder_fields = ({'attention_resolution': c.encoder_attention_resolution}
+                      if c.encoder == 'conv' else {})
+    encoder = encoders.make_encoder(c.encoder, c.latent_dim, dtype=dtype, **encoder_fields)
     schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps,
                                        config.diffusion.beta_start, config.diffusion.beta_end)
     return cls(dm=dm, encoder=encoder, branch=branch, schedule=schedule, partition=partition,
