@@ -95,6 +95,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.sdae.normalize = True  # L2-normalise z_t ("directional vectors")
   config.sdae.consistency_weight = 0.0  # lambda of 1 - cos(z_t, sg(z_t')); 0 disables it
   config.sdae.consistency_max_gap = 10  # |t - t'| <= this
+  # 'scratch': encoder and denoiser both start from random init (the paper's reading). 'dm': the
+  # denoiser starts from a trained DM's EMA params (same config.model and diffusion.prediction),
+  # so the encoder's gradient is, from step 0, what the DM cannot read from x_t.
+  config.sdae.denoiser_init = 'scratch'
+  config.sdae.dm_workdir = ml_collections.config_dict.placeholder(str)  # None: <workdir>/ddpm
 
   # The 'evaluate' pipeline stage (SPEC section 5).
   config.evaluate = ml_collections.ConfigDict()

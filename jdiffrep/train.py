@@ -63,6 +63,22 @@ def init_train_state(method, tx: optax.GradientTransformation, rng: jax.Array) -
                     rng=train_rng)
 
 
+def warm_start(state: TrainState, warm: dict, state_sharding: TrainState) -> TrainState:
+  """`state` at step 0 with the top-level param subtrees in `warm` replaced in params and EMA.
+
+  The optimiser state is not touched: Adam's moments start at zero whatever the params are.
+  """
+  if not warm:
+    return state
+  unknown = sorted(set(warm) - set(state.params))
+  if unknown:
+    raise ValueError(f'Warm-start params {unknown} are not in the model; it has '
+                     f'{sorted(state.params)}.')
+  params = jax.device_put({**state.params, **warm}, state_sharding.params)
+  # Copies, so that params and EMA never share a buffer (the train step donates both).
+  return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
+
+
 def train_step(state: TrainState, frozen, batch: dict, *, method,
                tx: optax.GradientTransformation, learning_rate: optax.Schedule,
                ema_decay: float) -> tuple[TrainState, dict]:
@@ -267,6 +283,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, sigterm
   restored = checkpoint.restore_latest(manager, state, train_iter)
   if restored is not None:
     state = restored
+  else:
+    state = warm_start(state, method.warm_start_params(), state_sharding)
   start_step = int(jax.device_get(state.step))
   results_path = os.path.join(workdir, 'results.json')
   if start_step >= config.num_train_steps and os.path.exists(results_path):

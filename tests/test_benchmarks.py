@@ -1,4 +1,4 @@
-"""The harness's 6 x MACs formula counts exactly the matmuls our DiT's forward performs."""
+"""Benchmark tools: the 6 x MACs formula counts our DiT's matmuls exactly; peak table; curve plots."""
 
 import jax
 from jax.extend import core as jax_core
@@ -47,3 +47,25 @@ def test_peak_flops_table():
   assert flops.peak_flops('NVIDIA H100 PCIe', 'gpu', 'bfloat16')[0] == 756e12
   peak, source = flops.peak_flops('Some Accelerator', 'gpu', 'bfloat16')
   assert peak is None and 'PEAK_FLOPS' in source
+
+
+def test_learning_curves_group_probe_rows_by_run_and_plot_them(tmp_path):
+  from benchmarks import learning_curves  # pylint: disable=g-import-not-at-top
+
+  def row(workdir, step, linear):
+    return {'command': f'python -m jdiffrep.main --workdir=runs/{workdir} --x=1', 'probe': 'p',
+            'step': step, 'attribute_probe_test_mean_ap': linear - 0.01,
+            'categorical': {'diti': {'linear': linear, 'knn': 0.5}}}
+
+  rows = [row('b', 2000, 0.8), {'command': 'no probe', 'step': 5}, row('a', 3000, 0.9),
+          row('a', 1000, 0.7)]
+  runs = learning_curves.curves(rows)
+  assert list(runs) == ['b', 'a']
+  assert [r['step'] for r in runs['a']] == [1000, 3000]
+  with pytest.raises(ValueError, match='--workdir'):
+    learning_curves.curves([{'command': 'x', 'probe': 'p', 'step': 1}])
+  out = tmp_path / 'curves.png'
+  baseline = {'attribute_probe': {'pixels': {'test_mean_ap': 0.9}},
+              'categorical_probe_summary': {'pixels': {'linear': 0.9}}}
+  learning_curves.plot(runs, str(out), baseline)
+  assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -1,25 +1,40 @@
 """Self-conditional DiT ('sdae'): the encoder, joint training, embeddings, probes along t."""
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jdiffrep import diffusion
+from jdiffrep import checkpoint
 from jdiffrep import methods
 from jdiffrep import train
 from jdiffrep.data import pipeline
 from jdiffrep.evaluate import embedding_probe
 from jdiffrep.methods import sdae
 from jdiffrep.models import sdae as sdae_model
+from tests.conftest import small_config
 
 
-def _method(config, **sdae_fields):
+def _method(config, workdir='', **sdae_fields):
   config = config.copy_and_resolve_references()
   config.method = 'sdae'
   config.sdae.latent_dim = 16
   config.sdae.update(sdae_fields)
-  return methods.make_method(config, (32, 32, 3))
+  return methods.make_method(config, (32, 32, 3), workdir=workdir)
+
+
+@pytest.fixture(scope='module')
+def dm_root(shapes_data_dir, tmp_path_factory):
+  """A directory whose 'ddpm' sub-directory holds a finished (tiny, 4-step) DM run."""
+  root = tmp_path_factory.mktemp('sdae_run')
+  config = small_config(shapes_data_dir)
+  config.num_train_steps = 4
+  train.train_and_evaluate(config, str(root / 'ddpm'))
+  return str(root)
 
 
 def _images(seed=0, n=4):
@@ -119,6 +134,70 @@ def test_bad_sdae_config_names_the_field(tiny_config):
     _method(tiny_config, encoder_input='noise')
   with pytest.raises(ValueError, match='consistency_weight'):
     _method(tiny_config, consistency_weight=-1.0)
+
+
+def test_warm_started_denoiser_is_the_dm_and_the_encoder_stays_random(tiny_config, dm_root):
+  method = _method(tiny_config, os.path.join(dm_root, 'sdae'), denoiser_init='dm')
+  assert method.dm_workdir == os.path.join(dm_root, 'ddpm')
+  dm = methods.make_method(tiny_config, (32, 32, 3))
+  dm_ema = checkpoint.load_trained_params(os.path.join(dm_root, 'ddpm', 'checkpoints'),
+                                          dm.abstract_params(), what='DM')
+  tx, _ = train.make_optimizer(tiny_config.optim)
+  fresh = train.init_train_state(method, tx, jax.random.PRNGKey(0))
+  state = train.warm_start(fresh, method.warm_start_params(),
+                           jax.tree.map(lambda x: x.sharding, fresh))
+  jax.tree.map(np.testing.assert_array_equal, state.params['denoiser'], dm_ema)
+  jax.tree.map(np.testing.assert_array_equal, state.ema_params, state.params)
+  for part in ('encoder', 'z_proj'):
+    jax.tree.map(np.testing.assert_array_equal, state.params[part], fresh.params[part])
+  # With z_proj at zero the denoiser computes exactly the DM: c = time_emb + 0.
+  params = {**state.params, 'z_proj': jax.tree.map(jnp.zeros_like, state.params['z_proj'])}
+  x, t = _images(1), jnp.array([0, 10, 500, 999])
+  z = method.encode(params, x, t)
+  np.testing.assert_allclose(
+      method.model.apply({'params': params}, x, t, z, method=method.model.denoise),
+      dm.model.apply({'params': dm_ema}, x, t), atol=1e-6)
+  # Scratch init loads nothing.
+  scratch = _method(tiny_config, os.path.join(dm_root, 'sdae'), denoiser_init='scratch')
+  assert scratch.warm_start_params() == {}
+  with pytest.raises(ValueError, match='not in the model'):
+    train.warm_start(fresh, {'branch': {}}, jax.tree.map(lambda x: x.sharding, fresh))
+
+
+def test_trainer_warm_starts_once_and_resumes_from_its_checkpoint(tiny_config, dm_root):
+  tiny_config.method = 'sdae'
+  tiny_config.sdae.latent_dim = 16
+  tiny_config.sdae.denoiser_init = 'dm'
+  tiny_config.optim.learning_rate = 0.0  # the checkpoint after step 1 holds the initial params
+  tiny_config.num_train_steps = 1
+  tiny_config.checkpoint_every_steps = 1
+  workdir = os.path.join(dm_root, 'sdae')
+  train.train_and_evaluate(tiny_config, workdir)
+  method = methods.make_method(tiny_config, (32, 32, 3), workdir=workdir)
+  warm = method.warm_start_params()['denoiser']
+  saved = checkpoint.load_trained_params(os.path.join(workdir, 'checkpoints'),
+                                         method.abstract_params(), what='sdae', key='params')
+  jax.tree.map(np.testing.assert_array_equal, saved['denoiser'], warm)
+  # A resumed run continues from its own checkpoint; the DM is not loaded over it again.
+  tiny_config.optim.learning_rate = 1e-3
+  tiny_config.num_train_steps = 3
+  train.train_and_evaluate(tiny_config, workdir)
+  moved = checkpoint.load_trained_params(os.path.join(workdir, 'checkpoints'),
+                                         method.abstract_params(), what='sdae', key='params')
+  assert max(float(np.abs(a - b).max()) for a, b in
+             zip(jax.tree.leaves(moved['denoiser']), jax.tree.leaves(warm))) > 0
+
+
+def test_warm_start_errors_say_what_to_do(tiny_config, dm_root, tmp_path):
+  with pytest.raises(FileNotFoundError, match='config.sdae.dm_workdir'):
+    _method(tiny_config, str(tmp_path / 'sdae'), denoiser_init='dm').warm_start_params()
+  with open(os.path.join(dm_root, 'ddpm', 'config.json')) as f:
+    assert json.load(f)['diffusion']['prediction'] == 'x0'
+  tiny_config.diffusion.prediction = 'eps'
+  with pytest.raises(ValueError, match='predicts \'x0\'.*config.diffusion.prediction'):
+    _method(tiny_config, os.path.join(dm_root, 'sdae'), denoiser_init='dm').warm_start_params()
+  with pytest.raises(ValueError, match='config.sdae.denoiser_init'):
+    _method(tiny_config, denoiser_init='pretrained')
 
 
 def test_sweep_features_and_summary():

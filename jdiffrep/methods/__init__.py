@@ -15,7 +15,9 @@ METHODS = {
 
 
 def make_method(config, image_shape, *, workdir: str = ''):
-  """The method object (`init_params`, `load_frozen`, `loss`, `preview`) `config.method` names.
+  """The method object `config.method` names.
+
+  It has `init_params`, `warm_start_params`, `load_frozen`, `loss` and `preview`.
 
   `workdir` is the method's own run directory; methods built on another run (DiTi on its DM)
   find that run relative to it unless the config names it.

@@ -1,6 +1,7 @@
 """Plain diffusion model (stage 1 of DiTi): a DiT trained with the eps loss, uniform t.
 
 A method bundles what the trainer needs and nothing else: `init_params` (trainable),
+`warm_start_params` (trained params that replace part of that init before step 0),
 `load_frozen` (parameters that are inputs but never trained), `loss` and `preview` (images to
 look at). Everything method-specific lives in its module, so `train.py` never branches on it.
 """
@@ -8,12 +9,22 @@ look at). Everything method-specific lives in its module, so `train.py` never br
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
 
 from jdiffrep import diffusion
 from jdiffrep.models import dit
+
+
+def dm_workdir(explicit: str | None, stage_workdir: str) -> str:
+  """The workdir of a trained DM run: `explicit` if given, else the sibling 'ddpm' of a stage.
+
+  The pipeline puts each stage in <workdir>/<stage>, so the DM of a pipeline run is found next
+  to the stage that reads it.
+  """
+  return explicit or os.path.join(os.path.dirname(os.path.abspath(stage_workdir)), 'ddpm')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +56,10 @@ class DDPM:
     return self.model.init(rng, x, jnp.zeros((1,), jnp.int32))['params']
 
   def load_frozen(self) -> dict:
+    return {}
+
+  def warm_start_params(self) -> dict:
+    """A DM trains from its random init: nothing replaces it before step 0."""
     return {}
 
   def abstract_frozen(self) -> dict:

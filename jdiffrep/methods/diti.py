@@ -23,6 +23,7 @@ import numpy as np
 from jdiffrep import diffusion
 from jdiffrep import images as images_lib
 from jdiffrep import timestep_features
+from jdiffrep.methods import ddpm
 from jdiffrep.models import dit
 from jdiffrep.models import encoders
 from jdiffrep.models import gradient_estimator
@@ -38,12 +39,6 @@ def loss_weight(schedule: diffusion.Schedule) -> jax.Array:
   """w_t = snr_t^0.1 / (1 + snr_t), snr_t = abar_t / (1 - abar_t). [T] float32."""
   snr = schedule.alphas_cumprod / (1.0 - schedule.alphas_cumprod)
   return snr ** 0.1 / (1.0 + snr)
-
-
-def dm_workdir(config, stage_workdir: str) -> str:
-  """Where the frozen DM's checkpoints are: config.diti.dm_workdir, else the sibling 'ddpm'."""
-  return config.diti.dm_workdir or os.path.join(os.path.dirname(os.path.abspath(stage_workdir)),
-                                               'ddpm')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +84,8 @@ class DiTi:
     return cls(dm=dm, encoder=encoder, branch=branch, schedule=schedule, partition=partition,
                gradient_mode='base' if pdae else c.gradient_mode,
                image_shape=tuple(image_shape),
-               dm_checkpoint_dir=os.path.join(dm_workdir(config, workdir), 'checkpoints'),
+               dm_checkpoint_dir=os.path.join(ddpm.dm_workdir(c.dm_workdir, workdir),
+                                              'checkpoints'),
                dm_prediction=config.diffusion.prediction,
                reconstruction_steps=config.sample.ddim_steps)
 
@@ -128,6 +124,10 @@ class DiTi:
           'config.diti.dm_workdir to the workdir of a finished DM run with the same '
           'config.model.') from error
     return {'dm': params}
+
+  def warm_start_params(self) -> dict:
+    """The encoder and branch train from their random init (the DM is frozen, not warm-started)."""
+    return {}
 
   def abstract_frozen(self) -> dict:
     """ShapeDtypeStructs of `load_frozen`'s output: the DM's params, found without a checkpoint."""

@@ -8,20 +8,27 @@ pulls the embeddings of neighbouring noise levels together. The embedding of an 
 z_t of its forward-diffused x_t (fixed noise per call), or of x_0 itself.
 
 With `encoder_input = 'x_t'` the whole model is a function of (x_t, t), so it samples like any DM.
+With `denoiser_init = 'dm'` the denoiser starts from a trained DM's EMA params instead of random
+init (`warm_start_params`); both networks still train.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 
 from jdiffrep import diffusion
 from jdiffrep import images as images_lib
+from jdiffrep.methods import ddpm
 from jdiffrep.models import sdae as sdae_model
 
 ENCODER_INPUTS = ('x_t', 'x_0')
+DENOISER_INITS = ('scratch', 'dm')
 
 
 def cosine_similarity(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -42,13 +49,16 @@ class SDAE:
   consistency_max_gap: int = 10
   num_preview: int = 64
   preview_steps: int = 50
+  denoiser_init: str = 'scratch'
+  dm_workdir: str = ''  # the DM run `denoiser_init = 'dm'` starts from
 
   @classmethod
   def from_config(cls, config, image_shape, *, workdir: str = '') -> 'SDAE':
-    del workdir  # trains from scratch
     c = config.sdae
     if c.encoder_input not in ENCODER_INPUTS:
       raise ValueError(f'config.sdae.encoder_input={c.encoder_input!r}; valid: {ENCODER_INPUTS}.')
+    if c.denoiser_init not in DENOISER_INITS:
+      raise ValueError(f'config.sdae.denoiser_init={c.denoiser_init!r}; valid: {DENOISER_INITS}.')
     if c.consistency_weight < 0 or c.consistency_max_gap < 1:
       raise ValueError('config.sdae.consistency_weight must be >= 0 and consistency_max_gap >= 1, '
                        f'got {c.consistency_weight} and {c.consistency_max_gap}.')
@@ -62,7 +72,10 @@ class SDAE:
                prediction=config.diffusion.prediction, encoder_input=c.encoder_input,
                consistency_weight=float(c.consistency_weight),
                consistency_max_gap=int(c.consistency_max_gap),
-               num_preview=config.sample.num_images, preview_steps=config.sample.ddim_steps)
+               num_preview=config.sample.num_images, preview_steps=config.sample.ddim_steps,
+               denoiser_init=c.denoiser_init,
+               dm_workdir=(ddpm.dm_workdir(c.dm_workdir, workdir) if c.denoiser_init == 'dm'
+                           else ''))
 
   # -------------------------------------------------------------- parameters
   def init_params(self, rng: jax.Array) -> dict:
@@ -71,6 +84,42 @@ class SDAE:
 
   def load_frozen(self) -> dict:
     return {}
+
+  def warm_start_params(self) -> dict:
+    """{'denoiser': a trained DM's EMA params} for `denoiser_init = 'dm'`, else {}.
+
+    The encoder and z_proj keep their random init; z_proj's small init (std 0.02) makes the warm
+    denoiser start as the DM with a small z-dependent shift of its adaLN condition.
+    """
+    if self.denoiser_init == 'scratch':
+      return {}
+    from jdiffrep import checkpoint  # pylint: disable=g-import-not-at-top
+    self._check_dm_prediction()
+    try:
+      params = checkpoint.load_trained_params(
+          os.path.join(self.dm_workdir, 'checkpoints'), self.abstract_params()['denoiser'],
+          what='diffusion model')
+    except FileNotFoundError as error:
+      raise FileNotFoundError(
+          f"{error} config.sdae.denoiser_init='dm' starts the denoiser from a trained DM: train "
+          "it first (the 'ddpm' stage of config.pipeline does) or set config.sdae.dm_workdir to "
+          "a finished DM run with the same config.model, or use denoiser_init='scratch'."
+      ) from error
+    return {'denoiser': params}
+
+  def _check_dm_prediction(self) -> None:
+    """Raises if the DM run's config.json says it predicts something other than this model."""
+    path = os.path.join(self.dm_workdir, 'config.json')
+    if not os.path.exists(path):
+      logging.warning('%s is missing; cannot check what the DM predicts.', path)
+      return
+    with open(path) as f:
+      dm_prediction = json.load(f).get('diffusion', {}).get('prediction')
+    if dm_prediction != self.prediction:
+      raise ValueError(
+          f'The DM in {self.dm_workdir} predicts {dm_prediction!r} but config.diffusion.prediction '
+          f'is {self.prediction!r}: a warm-started denoiser must predict what the DM was trained '
+          'to. Set config.diffusion.prediction to match, or config.sdae.dm_workdir to another DM.')
 
   def abstract_frozen(self) -> dict:
     """ShapeDtypeStructs of `load_frozen`'s output (to compile without loading anything)."""
