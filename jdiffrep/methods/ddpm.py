@@ -27,6 +27,23 @@ def dm_workdir(explicit: str | None, stage_workdir: str) -> str:
   return explicit or os.path.join(os.path.dirname(os.path.abspath(stage_workdir)), 'ddpm')
 
 
+def load_trained_dm(dm_workdir: str, expected, *, config_section: str, alternative: str = ''):
+  """The EMA params of the DM run in `dm_workdir`, checked against `expected` (shape structs).
+
+  A missing checkpoint raises FileNotFoundError naming `config.<config_section>.dm_workdir` (and
+  `alternative`, if given) as the fix.
+  """
+  from jdiffrep import checkpoint  # pylint: disable=g-import-not-at-top
+  try:
+    return checkpoint.load_trained_params(os.path.join(dm_workdir, 'checkpoints'), expected,
+                                          what='diffusion model')
+  except FileNotFoundError as error:
+    raise FileNotFoundError(
+        f"{error} Train it first (the 'ddpm' stage of config.pipeline does) or set "
+        f'config.{config_section}.dm_workdir to the workdir of a finished DM run with the same '
+        f'config.model{alternative}.') from error
+
+
 @dataclasses.dataclass(frozen=True)
 class DDPM:
   """An unconditional DiT denoiser on images of `image_shape` = (H, W, C)."""

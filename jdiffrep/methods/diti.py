@@ -13,7 +13,6 @@ use sqrt(1 - abar_t) instead; with s_t the decoder is the one the loss fitted).
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from absl import logging
 import jax
@@ -51,7 +50,7 @@ class DiTi:
   partition: timestep_features.TimestepPartition
   gradient_mode: str
   image_shape: tuple[int, int, int]
-  dm_checkpoint_dir: str
+  dm_workdir: str  # the frozen DM's run
   dm_prediction: str = 'eps'  # what the frozen DM outputs (converted to eps)
   reconstruction_steps: int = 50
 
@@ -84,8 +83,7 @@ class DiTi:
     return cls(dm=dm, encoder=encoder, branch=branch, schedule=schedule, partition=partition,
                gradient_mode='base' if pdae else c.gradient_mode,
                image_shape=tuple(image_shape),
-               dm_checkpoint_dir=os.path.join(ddpm.dm_workdir(c.dm_workdir, workdir),
-                                              'checkpoints'),
+               dm_workdir=ddpm.dm_workdir(c.dm_workdir, workdir),
                dm_prediction=config.diffusion.prediction,
                reconstruction_steps=config.sample.ddim_steps)
 
@@ -114,16 +112,8 @@ class DiTi:
 
   def load_frozen(self) -> dict:
     """The frozen DM's EMA params from its training run, checked against this DiT's shapes."""
-    from jdiffrep import checkpoint  # pylint: disable=g-import-not-at-top
-    try:
-      params = checkpoint.load_trained_params(self.dm_checkpoint_dir, self.abstract_frozen()['dm'],
-                                              what='diffusion model')
-    except FileNotFoundError as error:
-      raise FileNotFoundError(
-          f'{error} Train it first (the \'ddpm\' stage of config.pipeline does) or set '
-          'config.diti.dm_workdir to the workdir of a finished DM run with the same '
-          'config.model.') from error
-    return {'dm': params}
+    return {'dm': ddpm.load_trained_dm(self.dm_workdir, self.abstract_frozen()['dm'],
+                                       config_section='diti')}
 
   def warm_start_params(self) -> dict:
     """The encoder and branch train from their random init (the DM is frozen, not warm-started)."""

@@ -93,19 +93,10 @@ class SDAE:
     """
     if self.denoiser_init == 'scratch':
       return {}
-    from jdiffrep import checkpoint  # pylint: disable=g-import-not-at-top
     self._check_dm_prediction()
-    try:
-      params = checkpoint.load_trained_params(
-          os.path.join(self.dm_workdir, 'checkpoints'), self.abstract_params()['denoiser'],
-          what='diffusion model')
-    except FileNotFoundError as error:
-      raise FileNotFoundError(
-          f"{error} config.sdae.denoiser_init='dm' starts the denoiser from a trained DM: train "
-          "it first (the 'ddpm' stage of config.pipeline does) or set config.sdae.dm_workdir to "
-          "a finished DM run with the same config.model, or use denoiser_init='scratch'."
-      ) from error
-    return {'denoiser': params}
+    return {'denoiser': ddpm.load_trained_dm(
+        self.dm_workdir, self.abstract_params()['denoiser'], config_section='sdae',
+        alternative=", or set config.sdae.denoiser_init='scratch'")}
 
   def _check_dm_prediction(self) -> None:
     """Raises if the DM run's config.json says it predicts something other than this model."""
