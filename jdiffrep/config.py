@@ -93,6 +93,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.sdae.encoder_depth = -1  # DiT blocks in E(x, t); -1: half the denoiser's depth
   config.sdae.encoder_input = 'x_t'  # 'x_t' (embedding on the Markov chain) or 'x_0'
   config.sdae.normalize = True  # L2-normalise z_t ("directional vectors")
+  # 'uniform': MSE on diffusion.prediction's target at uniform t (the paper's loss). 'pdae': the
+  # eps MSE weighted by PDAE's snr^0.1 / (1 + snr), as DiTi trains: on the x0 error that is 2.5
+  # to 0.9 up to t = 150 and falls fast after, where 'uniform' on an x0 target weighs every t
+  # alike.
+  config.sdae.loss_weight = 'uniform'
   config.sdae.consistency_weight = 0.0  # lambda of 1 - cos(z_t, sg(z_t')); 0 disables it
   config.sdae.consistency_max_gap = 10  # |t - t'| <= this
   # 'scratch': encoder and denoiser both start from random init (the paper's reading). 'dm': the

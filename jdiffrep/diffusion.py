@@ -116,6 +116,16 @@ def eps_from_prediction(schedule: Schedule, prediction: str, x_t: jax.Array, t: 
   raise ValueError(f'prediction={prediction!r}; valid: {PREDICTIONS}.')
 
 
+def pdae_loss_weight(schedule: Schedule) -> jax.Array:
+  """PDAE's weight on the eps MSE, w_t = snr_t^0.1 / (1 + snr_t), snr_t = abar_t / (1 - abar_t).
+
+  On the x0 error it is snr^1.1 / (1 + snr): 2.5 at t = 0, 1.1 at t = 100, 0.9 at t = 150, then
+  falling fast (0.38 at t = 300, 0.06 at t = 500) on the linear 1000-step schedule. [T] float32.
+  """
+  snr = schedule.alphas_cumprod / (1.0 - schedule.alphas_cumprod)
+  return snr ** 0.1 / (1.0 + snr)
+
+
 def eps_loss(eps_pred: jax.Array, eps: jax.Array) -> jax.Array:
   """Mean squared error over all elements, in float32. Returns a scalar."""
   return jnp.mean(jnp.square(eps_pred.astype(jnp.float32) - eps.astype(jnp.float32)))

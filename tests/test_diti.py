@@ -1,5 +1,6 @@
 """DiTi / PDAE on a frozen DM: coefficients, frozen params, learning, pipeline stages."""
 
+import json
 import os
 
 import jax
@@ -37,7 +38,8 @@ def _method(config, workdir, name='diti'):
 
 def test_shift_coefficient_and_weight_match_the_official_values():
   schedule = diffusion.make_schedule('linear', 1000)
-  s, w = np.asarray(diti.shift_coefficient(schedule)), np.asarray(diti.loss_weight(schedule))
+  s = np.asarray(diti.shift_coefficient(schedule))
+  w = np.asarray(diffusion.pdae_loss_weight(schedule))
   assert s[0] == 0.0 and np.all(s[1:] < 0)
   np.testing.assert_allclose(w[0], 2.5e-4, rtol=0.01)
   np.testing.assert_allclose(w[999], 0.364, rtol=0.01)
@@ -139,6 +141,15 @@ def test_pdae_sees_every_dim_at_every_step(diti_config, tmp_path):
 def test_missing_dm_checkpoint_says_what_to_do(diti_config, tmp_path):
   method = _method(diti_config, str(tmp_path / 'diti'))
   with pytest.raises(FileNotFoundError, match='dm_workdir'):
+    method.load_frozen()
+
+
+def test_dm_that_predicts_something_else_is_rejected(diti_config, run_root):
+  with open(os.path.join(run_root, 'ddpm', 'config.json')) as f:
+    trained_as = json.load(f)['diffusion']['prediction']
+  diti_config.diffusion.prediction = next(p for p in ('eps', 'x0') if p != trained_as)
+  method = _method(diti_config, os.path.join(run_root, 'diti'))
+  with pytest.raises(ValueError, match=f"predicts '{trained_as}'.*config.diti.dm_workdir"):
     method.load_frozen()
 
 

@@ -129,9 +129,41 @@ def test_embeddings_read_x_t_or_x_0(tiny_config):
                                 clean.embed(params, x0, 300, key_b))
 
 
+def test_pdae_loss_weight_is_the_weighted_eps_error_of_the_prediction(tiny_config):
+  config = tiny_config.copy_and_resolve_references()
+  config.diffusion.prediction = 'x0'
+  uniform = _method(config, loss_weight='uniform', encoder_input='x_t')
+  weighted = _method(config, loss_weight='pdae', encoder_input='x_t')
+  params = uniform.init_params(jax.random.PRNGKey(0))
+  # Nudge every parameter so the zero-initialised output layer gives a non-zero prediction.
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(9), len(leaves))
+  params = jax.tree.unflatten(treedef, [p + 0.02 * jax.random.normal(k, p.shape)
+                                        for p, k in zip(leaves, keys)])
+  batch, rng = {'image': _images(n=8)}, jax.random.PRNGKey(5)
+  # Redraw the loss's t and eps (same key split) and recompute it in float64 numpy.
+  t_rng, eps_rng, _ = jax.random.split(rng, 3)
+  x0 = np.asarray(batch['image'], np.float64)
+  t = np.asarray(jax.random.randint(t_rng, (8,), 0, uniform.schedule.num_timesteps))
+  eps = np.asarray(jax.random.normal(eps_rng, x0.shape, jnp.float32), np.float64)
+  abar = np.asarray(uniform.schedule.alphas_cumprod, np.float64)[t][:, None, None, None]
+  x_t = np.sqrt(abar) * x0 + np.sqrt(1 - abar) * eps
+  x_t32 = jnp.asarray(x_t, jnp.float32)  # the default encoder reads x_t
+  output, _ = uniform.model.apply({'params': params}, x_t32, jnp.asarray(t), x_t32)
+  x0_pred = np.asarray(output, np.float64)
+  eps_pred = (x_t - np.sqrt(abar) * x0_pred) / np.sqrt(1 - abar)
+  snr = abar[:, 0, 0, 0] / (1 - abar[:, 0, 0, 0])
+  want_weighted = np.mean(snr ** 0.1 / (1 + snr) * np.mean((eps_pred - eps) ** 2, (1, 2, 3)))
+  want_uniform = np.mean((x0_pred - x0) ** 2)
+  np.testing.assert_allclose(uniform.loss(params, {}, batch, rng)[0], want_uniform, rtol=2e-3)
+  np.testing.assert_allclose(weighted.loss(params, {}, batch, rng)[0], want_weighted, rtol=2e-3)
+
+
 def test_bad_sdae_config_names_the_field(tiny_config):
   with pytest.raises(ValueError, match='config.sdae.encoder_input'):
     _method(tiny_config, encoder_input='noise')
+  with pytest.raises(ValueError, match='config.sdae.loss_weight'):
+    _method(tiny_config, loss_weight='snr')
   with pytest.raises(ValueError, match='consistency_weight'):
     _method(tiny_config, consistency_weight=-1.0)
 

@@ -9,8 +9,10 @@ look at). Everything method-specific lives in its module, so `train.py` never br
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 
@@ -27,13 +29,33 @@ def dm_workdir(explicit: str | None, stage_workdir: str) -> str:
   return explicit or os.path.join(os.path.dirname(os.path.abspath(stage_workdir)), 'ddpm')
 
 
-def load_trained_dm(dm_workdir: str, expected, *, config_section: str, alternative: str = ''):
-  """The EMA params of the DM run in `dm_workdir`, checked against `expected` (shape structs).
+def check_dm_prediction(dm_workdir: str, prediction: str, *, config_section: str) -> None:
+  """Raises ValueError if the DM run's config.json says it predicts something else than
+  `prediction` (its output would be converted to eps the wrong way); warns if there is none."""
+  path = os.path.join(dm_workdir, 'config.json')
+  if not os.path.exists(path):
+    logging.warning('%s is missing; cannot check what the DM predicts.', path)
+    return
+  with open(path) as f:
+    dm_prediction = json.load(f).get('diffusion', {}).get('prediction')
+  if dm_prediction != prediction:
+    raise ValueError(
+        f'The DM in {dm_workdir} predicts {dm_prediction!r} but config.diffusion.prediction is '
+        f'{prediction!r}: the DM\'s output would be read as the wrong quantity. Set '
+        'config.diffusion.prediction to match, or config.'
+        f'{config_section}.dm_workdir to another DM.')
+
+
+def load_trained_dm(dm_workdir: str, expected, *, prediction: str, config_section: str,
+                    alternative: str = ''):
+  """The EMA params of the DM run in `dm_workdir`, checked against `expected` (shape structs)
+  and against `prediction` (what the caller will read its output as).
 
   A missing checkpoint raises FileNotFoundError naming `config.<config_section>.dm_workdir` (and
   `alternative`, if given) as the fix.
   """
   from jdiffrep import checkpoint  # pylint: disable=g-import-not-at-top
+  check_dm_prediction(dm_workdir, prediction, config_section=config_section)
   try:
     return checkpoint.load_trained_params(os.path.join(dm_workdir, 'checkpoints'), expected,
                                           what='diffusion model')

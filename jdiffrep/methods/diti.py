@@ -34,12 +34,6 @@ def shift_coefficient(schedule: diffusion.Schedule) -> jax.Array:
           / jnp.sqrt(1.0 - schedule.alphas_cumprod))
 
 
-def loss_weight(schedule: diffusion.Schedule) -> jax.Array:
-  """w_t = snr_t^0.1 / (1 + snr_t), snr_t = abar_t / (1 - abar_t). [T] float32."""
-  snr = schedule.alphas_cumprod / (1.0 - schedule.alphas_cumprod)
-  return snr ** 0.1 / (1.0 + snr)
-
-
 @dataclasses.dataclass(frozen=True)
 class DiTi:
   """Encoder + gradient estimator on a frozen DiT; `num_subsets = 1` is PDAE."""
@@ -113,7 +107,7 @@ class DiTi:
   def load_frozen(self) -> dict:
     """The frozen DM's EMA params from its training run, checked against this DiT's shapes."""
     return {'dm': ddpm.load_trained_dm(self.dm_workdir, self.abstract_frozen()['dm'],
-                                       config_section='diti')}
+                                       prediction=self.dm_prediction, config_section='diti')}
 
   def warm_start_params(self) -> dict:
     """The encoder and branch train from their random init (the DM is frozen, not warm-started)."""
@@ -155,7 +149,7 @@ class DiTi:
     z_t = timestep_features.mask_condition(z, t, masks, self.gradient_mode)
     eps_pred = self.predict_eps(params, frozen, x_t, t, z_t)
     per_example = jnp.mean(jnp.square(eps - eps_pred), axis=(1, 2, 3))
-    weighted = loss_weight(self.schedule)[t] * per_example
+    weighted = diffusion.pdae_loss_weight(self.schedule)[t] * per_example
     return jnp.mean(weighted), {'unweighted_mse': jnp.mean(per_example),
                                 'z_norm': jnp.mean(jnp.linalg.norm(z, axis=-1))}
 

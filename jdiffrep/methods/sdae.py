@@ -4,8 +4,10 @@ A time-step-dependent encoder E(x, t) -> z_t and a DiT denoiser conditioned on i
 together by one loss, `|| target - D(x_t, t, E(x_enc, t)) ||^2` at uniform t, gradients into both;
 `x_enc` is x_t (default: the embedding lives on the Markov chain) or x_0 (`config.sdae.encoder_input`).
 An optional adjacent-step consistency term `lambda (1 - cos(z_t, sg(z_t')))`, |t - t'| <= gap,
-pulls the embeddings of neighbouring noise levels together. The embedding of an image at step t is
-z_t of its forward-diffused x_t (fixed noise per call), or of x_0 itself.
+pulls the embeddings of neighbouring noise levels together. `loss_weight = 'pdae'` replaces the
+plain MSE by the eps MSE weighted by PDAE's w_t, as DiTi trains (`diffusion.pdae_loss_weight`).
+The embedding of an image at step t is z_t of its forward-diffused x_t (fixed noise per call), or
+of x_0 itself.
 
 With `encoder_input = 'x_t'` the whole model is a function of (x_t, t), so it samples like any DM.
 With `denoiser_init = 'dm'` the denoiser starts from a trained DM's EMA params instead of random
@@ -15,10 +17,7 @@ init (`warm_start_params`); both networks still train.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 
@@ -29,6 +28,7 @@ from jdiffrep.models import sdae as sdae_model
 
 ENCODER_INPUTS = ('x_t', 'x_0')
 DENOISER_INITS = ('scratch', 'dm')
+LOSS_WEIGHTS = ('uniform', 'pdae')
 
 
 def cosine_similarity(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -50,6 +50,7 @@ class SDAE:
   num_preview: int = 64
   preview_steps: int = 50
   denoiser_init: str = 'scratch'
+  loss_weight: str = 'uniform'
   dm_workdir: str = ''  # the DM run `denoiser_init = 'dm'` starts from
 
   @classmethod
@@ -59,6 +60,8 @@ class SDAE:
       raise ValueError(f'config.sdae.encoder_input={c.encoder_input!r}; valid: {ENCODER_INPUTS}.')
     if c.denoiser_init not in DENOISER_INITS:
       raise ValueError(f'config.sdae.denoiser_init={c.denoiser_init!r}; valid: {DENOISER_INITS}.')
+    if c.loss_weight not in LOSS_WEIGHTS:
+      raise ValueError(f'config.sdae.loss_weight={c.loss_weight!r}; valid: {LOSS_WEIGHTS}.')
     if c.consistency_weight < 0 or c.consistency_max_gap < 1:
       raise ValueError('config.sdae.consistency_weight must be >= 0 and consistency_max_gap >= 1, '
                        f'got {c.consistency_weight} and {c.consistency_max_gap}.')
@@ -73,7 +76,7 @@ class SDAE:
                consistency_weight=float(c.consistency_weight),
                consistency_max_gap=int(c.consistency_max_gap),
                num_preview=config.sample.num_images, preview_steps=config.sample.ddim_steps,
-               denoiser_init=c.denoiser_init,
+               denoiser_init=c.denoiser_init, loss_weight=c.loss_weight,
                dm_workdir=(ddpm.dm_workdir(c.dm_workdir, workdir) if c.denoiser_init == 'dm'
                            else ''))
 
@@ -93,24 +96,10 @@ class SDAE:
     """
     if self.denoiser_init == 'scratch':
       return {}
-    self._check_dm_prediction()
     return {'denoiser': ddpm.load_trained_dm(
-        self.dm_workdir, self.abstract_params()['denoiser'], config_section='sdae',
+        self.dm_workdir, self.abstract_params()['denoiser'], prediction=self.prediction,
+        config_section='sdae',
         alternative=", or set config.sdae.denoiser_init='scratch'")}
-
-  def _check_dm_prediction(self) -> None:
-    """Raises if the DM run's config.json says it predicts something other than this model."""
-    path = os.path.join(self.dm_workdir, 'config.json')
-    if not os.path.exists(path):
-      logging.warning('%s is missing; cannot check what the DM predicts.', path)
-      return
-    with open(path) as f:
-      dm_prediction = json.load(f).get('diffusion', {}).get('prediction')
-    if dm_prediction != self.prediction:
-      raise ValueError(
-          f'The DM in {self.dm_workdir} predicts {dm_prediction!r} but config.diffusion.prediction '
-          f'is {self.prediction!r}: a warm-started denoiser must predict what the DM was trained '
-          'to. Set config.diffusion.prediction to match, or config.sdae.dm_workdir to another DM.')
 
   def abstract_frozen(self) -> dict:
     """ShapeDtypeStructs of `load_frozen`'s output (to compile without loading anything)."""
@@ -135,6 +124,15 @@ class SDAE:
     x_t = diffusion.q_sample(self.schedule, x0, t_batch, eps)
     return self.encode(params, self._encoder_view(x0, x_t), t_batch)
 
+  def _denoising_loss(self, output, x0, x_t, t, eps) -> jax.Array:
+    """'uniform': MSE on the prediction target. 'pdae': eps MSE times PDAE's w_t (as DiTi)."""
+    if self.loss_weight == 'uniform':
+      target = diffusion.prediction_target(self.schedule, self.prediction, x0, t, eps)
+      return diffusion.eps_loss(output, target)
+    eps_pred = diffusion.eps_from_prediction(self.schedule, self.prediction, x_t, t, output)
+    per_example = jnp.mean(jnp.square(eps_pred - eps), axis=(1, 2, 3))
+    return jnp.mean(diffusion.pdae_loss_weight(self.schedule)[t] * per_example)
+
   def loss(self, params, frozen, batch: dict, rng: jax.Array):
     """Denoising loss through encoder and denoiser (+ optional consistency term)."""
     del frozen
@@ -144,8 +142,7 @@ class SDAE:
     eps = jax.random.normal(eps_rng, x0.shape, jnp.float32)
     x_t = diffusion.q_sample(self.schedule, x0, t, eps)
     output, z = self.model.apply({'params': params}, x_t, t, self._encoder_view(x0, x_t))
-    target = diffusion.prediction_target(self.schedule, self.prediction, x0, t, eps)
-    denoising = diffusion.eps_loss(output, target)
+    denoising = self._denoising_loss(output, x0, x_t, t, eps)
     metrics = {'denoising_loss': denoising}
     if not self.consistency_weight:
       return denoising, metrics
