@@ -126,6 +126,13 @@ def pdae_loss_weight(schedule: Schedule) -> jax.Array:
   return snr ** 0.1 / (1.0 + snr)
 
 
+def pdae_weighted_eps_loss(schedule: Schedule, eps_pred: jax.Array, eps: jax.Array,
+                           t: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """PDAE's loss mean_b(w_t * MSE_b(eps_pred, eps)) (scalar) and the per-example MSE [B]."""
+  per_example = jnp.mean(jnp.square(eps - eps_pred), axis=tuple(range(1, eps.ndim)))
+  return jnp.mean(pdae_loss_weight(schedule)[t] * per_example), per_example
+
+
 def eps_loss(eps_pred: jax.Array, eps: jax.Array) -> jax.Array:
   """Mean squared error over all elements, in float32. Returns a scalar."""
   return jnp.mean(jnp.square(eps_pred.astype(jnp.float32) - eps.astype(jnp.float32)))

@@ -148,9 +148,8 @@ class DiTi:
     masks = timestep_features.mask_tables(self.partition)
     z_t = timestep_features.mask_condition(z, t, masks, self.gradient_mode)
     eps_pred = self.predict_eps(params, frozen, x_t, t, z_t)
-    per_example = jnp.mean(jnp.square(eps - eps_pred), axis=(1, 2, 3))
-    weighted = diffusion.pdae_loss_weight(self.schedule)[t] * per_example
-    return jnp.mean(weighted), {'unweighted_mse': jnp.mean(per_example),
+    loss, per_example = diffusion.pdae_weighted_eps_loss(self.schedule, eps_pred, eps, t)
+    return loss, {'unweighted_mse': jnp.mean(per_example),
                                 'z_norm': jnp.mean(jnp.linalg.norm(z, axis=-1))}
 
   def conditioned_eps_fn(self, params, frozen, z: jax.Array):

@@ -130,8 +130,7 @@ class SDAE:
       target = diffusion.prediction_target(self.schedule, self.prediction, x0, t, eps)
       return diffusion.eps_loss(output, target)
     eps_pred = diffusion.eps_from_prediction(self.schedule, self.prediction, x_t, t, output)
-    per_example = jnp.mean(jnp.square(eps_pred - eps), axis=(1, 2, 3))
-    return jnp.mean(diffusion.pdae_loss_weight(self.schedule)[t] * per_example)
+    return diffusion.pdae_weighted_eps_loss(self.schedule, eps_pred, eps, t)[0]
 
   def loss(self, params, frozen, batch: dict, rng: jax.Array):
     """Denoising loss through encoder and denoiser (+ optional consistency term)."""
