@@ -85,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.diti.encoder_attention_resolution = 16
   config.diti.branch_depth = -1  # -1: half the DM's depth
   config.diti.condition_mode = 'add'  # or 'modulate' (z modulates around the time modulation)
+  # gamma of the loss weight w_t = snr^gamma / (1 + snr) on the eps MSE: 0.1 is PDAE's and DiTi's.
+  # Lower values move weight to late (noisy) steps; -1 weighs the x0 error by 1 / (1 + snr).
+  config.diti.loss_weight_gamma = 0.1
   config.diti.dm_workdir = ml_collections.config_dict.placeholder(str)  # None: <workdir>/ddpm
 
   # Self-conditional DiT embeddings (SPEC section 4); every (choice) of the spec is a field.

@@ -116,21 +116,28 @@ def eps_from_prediction(schedule: Schedule, prediction: str, x_t: jax.Array, t: 
   raise ValueError(f'prediction={prediction!r}; valid: {PREDICTIONS}.')
 
 
-def pdae_loss_weight(schedule: Schedule) -> jax.Array:
-  """PDAE's weight on the eps MSE, w_t = snr_t^0.1 / (1 + snr_t), snr_t = abar_t / (1 - abar_t).
+PDAE_GAMMA = 0.1  # PDAE's (and DiTi's) gamma
 
-  On the x0 error it is snr^1.1 / (1 + snr): 2.5 at t = 0, 1.1 at t = 100, 0.9 at t = 150, then
-  falling fast (0.38 at t = 300, 0.06 at t = 500) on the linear 1000-step schedule. [T] float32.
+
+def pdae_loss_weight(schedule: Schedule, gamma: float = PDAE_GAMMA) -> jax.Array:
+  """PDAE's weight on the eps MSE, w_t = snr_t^gamma / (1 + snr_t), snr_t = abar_t / (1 - abar_t).
+
+  PDAE writes it (1 / (1 + snr))^(1 - gamma) (snr / (1 + snr))^gamma and uses gamma = 0.1. On the
+  x0 error it is snr^(1 + gamma) / (1 + snr). With gamma = 0.1 on the linear 1000-step schedule:
+  2.5 at t = 0, 1.0 at t = 125, 0.21 at t = 375, 0.002 at t = 750, 2e-4 at t = 875. gamma = -1
+  weighs the x0 error by 1 / (1 + snr): 0.16 at t = 125, 0.76 at t = 375, 1.0 from t = 750 on.
+  [T] float32.
   """
   snr = schedule.alphas_cumprod / (1.0 - schedule.alphas_cumprod)
-  return snr ** 0.1 / (1.0 + snr)
+  return snr ** gamma / (1.0 + snr)
 
 
 def pdae_weighted_eps_loss(schedule: Schedule, eps_pred: jax.Array, eps: jax.Array,
-                           t: jax.Array) -> tuple[jax.Array, jax.Array]:
+                           t: jax.Array, gamma: float = PDAE_GAMMA
+                           ) -> tuple[jax.Array, jax.Array]:
   """PDAE's loss mean_b(w_t * MSE_b(eps_pred, eps)) (scalar) and the per-example MSE [B]."""
   per_example = jnp.mean(jnp.square(eps - eps_pred), axis=tuple(range(1, eps.ndim)))
-  return jnp.mean(pdae_loss_weight(schedule)[t] * per_example), per_example
+  return jnp.mean(pdae_loss_weight(schedule, gamma)[t] * per_example), per_example
 
 
 def eps_loss(eps_pred: jax.Array, eps: jax.Array) -> jax.Array:

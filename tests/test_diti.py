@@ -11,8 +11,10 @@ import pytest
 from jdiffrep import diffusion
 from jdiffrep import methods
 from jdiffrep import run
+from jdiffrep import timestep_features
 from jdiffrep import train
 from jdiffrep.data import pipeline
+from jdiffrep.evaluate import pipeline_eval
 from jdiffrep.methods import diti
 from tests.conftest import small_config
 
@@ -125,6 +127,43 @@ def test_loss_falls_and_the_encoder_learns(diti_config, run_root, gradient_mode)
   assert float(sum(jnp.abs(g).sum() for g in jax.tree.leaves(encoder_grads))) > 0
 
 
+@pytest.mark.parametrize('gamma', [0.1, -1.0])
+def test_loss_is_the_eps_error_weighted_by_snr_to_the_gamma(diti_config, run_root, gamma):
+  diti_config.diti.loss_weight_gamma = gamma
+  method = _method(diti_config, os.path.join(run_root, 'diti'))
+  params, frozen = method.init_params(jax.random.PRNGKey(0)), method.load_frozen()
+  # Nudge the branch so that its zero-initialised output layer gives a non-zero correction.
+  leaves, treedef = jax.tree.flatten(params['branch'])
+  keys = jax.random.split(jax.random.PRNGKey(9), len(leaves))
+  params['branch'] = jax.tree.unflatten(treedef, [p + 0.02 * jax.random.normal(k, p.shape)
+                                                  for p, k in zip(leaves, keys)])
+  x0 = jax.random.uniform(jax.random.PRNGKey(3), (8, 32, 32, 3), minval=-1, maxval=1)
+  rng = jax.random.PRNGKey(5)
+  # Redraw the loss's t and eps (same key split); weigh the errors in float64 numpy.
+  t_rng, eps_rng = jax.random.split(rng)
+  t = jax.random.randint(t_rng, (8,), 0, method.schedule.num_timesteps)
+  eps = jax.random.normal(eps_rng, x0.shape, jnp.float32)
+  z = method.encode(params, x0)
+  masks = timestep_features.mask_tables(method.partition)
+  eps_pred = method.predict_eps(params, frozen, diffusion.q_sample(method.schedule, x0, t, eps),
+                                t, timestep_features.mask_condition(z, t, masks))
+  mse = np.mean((np.asarray(eps_pred, np.float64) - np.asarray(eps, np.float64)) ** 2, (1, 2, 3))
+  abar = np.cumprod(1 - np.asarray(method.schedule.betas, np.float64))
+  snr = abar / (1 - abar)
+  want = np.mean(snr[t] ** gamma / (1 + snr[t]) * mse)
+  np.testing.assert_allclose(method.loss(params, frozen, {'image': x0}, rng)[0], want, rtol=1e-4)
+  if gamma == -1.0:  # on the x0 error (eps error = snr x0 error) the weight is 1 / (1 + snr)
+    x0_weight = np.asarray(diffusion.pdae_loss_weight(method.schedule, gamma), np.float64) * snr
+    np.testing.assert_allclose(x0_weight, 1 / (1 + snr), rtol=1e-3)  # float32 1 - abar near 0
+
+
+def test_loss_weight_gamma_must_be_a_number_in_range(diti_config, tmp_path):
+  for bad in (3.0, -2.5, float('nan')):
+    diti_config.diti.loss_weight_gamma = bad
+    with pytest.raises(ValueError, match='config.diti.loss_weight_gamma'):
+      _method(diti_config, str(tmp_path))
+
+
 def test_conv_encoder_attention_sits_where_the_config_says(diti_config, tmp_path):
   for side, block in ((16, 'attn_0'), (8, 'attn_1')):  # 32x32 input: stage 0 gives 16x16
     diti_config.diti.encoder_attention_resolution = side
@@ -188,7 +227,12 @@ def test_pipeline_runs_every_stage_and_reuses_finished_ones(diti_config, tmp_pat
     assert 0.0 < probe_result['test_mean_ap'] <= 1.0
     assert len(probe_result['per_attribute_ap']) == 17
   assert len(evaluation['timestep_probe']) == 4  # one per subset group of k = 4
-  assert set(evaluation['counterfactual']['change_rates']) == set(evaluation['timestep_probe'])
+  assert set(evaluation['timestep_probe_random_rotation']) == set(evaluation['timestep_probe'])
+  assert os.path.exists(os.path.join(workdir, 'evaluate', 'timestep_probe_random_rotation.png'))
+  # One counterfactual row per probed group, plus the control that swaps all of z.
+  assert set(evaluation['counterfactual']['change_rates']) == (
+      set(evaluation['timestep_probe']) | {pipeline_eval.ALL_SUBSETS_LABEL})
+  assert evaluation['counterfactual']['groups'][pipeline_eval.ALL_SUBSETS_LABEL] == [0, 4]
   assert (evaluation['counterfactual']['alpha'], evaluation['counterfactual']['noise_alpha']) == (
       1.0, 0.5)
   # Every representation is read by the same categorical probes; sdae and the DM along t.

@@ -75,6 +75,29 @@ def test_best_group_per_attribute_picks_the_owner(probed):
       name: labels[g] for name, g in zip(NAMES, OWNER)}
 
 
+def test_random_rotation_spreads_each_attribute_over_every_group(probed):
+  partition, groups, result = probed
+  features, attributes = _synthetic_splits(partition, groups)
+  rotated = timestep_probe.random_rotation(features, seed=1)
+  # One orthogonal matrix for every split: inner products are kept, the dims are mixed.
+  for split in timestep_probe.SPLITS:
+    z, zr = features[split][:50], rotated[split][:50]
+    np.testing.assert_allclose(zr @ zr.T, z @ z.T, rtol=1e-4, atol=1e-3)
+    assert not np.allclose(zr, z, atol=0.1)
+  rotation = np.linalg.lstsq(features['train'][:64], rotated['train'][:64], rcond=None)[0]
+  np.testing.assert_allclose(features['test'] @ rotation, rotated['test'], atol=1e-3)
+  spread = timestep_probe.group_probe(rotated, attributes, partition, groups, epochs=15, seed=0,
+                                      attribute_names=NAMES)
+  for name in NAMES:
+    real = [result[label]['ap_per_attribute'][name] for label in result]
+    mixed = [spread[label]['ap_per_attribute'][name] for label in spread]
+    # The owner group read it at > 0.9 and the others at chance; rotated, every group reads a
+    # part of it and none stands out as much.
+    assert max(mixed) - min(mixed) < 0.5 * (max(real) - min(real)), (name, real, mixed)
+    assert min(mixed) > min(real) + 0.05, (name, real, mixed)
+    assert max(mixed) < max(real) - 0.05, (name, real, mixed)
+
+
 def test_plot_is_a_png_heat_map_of_sensible_size(probed, tmp_path):
   _, _, result = probed
   path = timestep_probe.plot_group_ap(result, NAMES, str(tmp_path / 'plots' / 'group_ap.png'))

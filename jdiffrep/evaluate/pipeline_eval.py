@@ -36,6 +36,7 @@ from jdiffrep.evaluate import timestep_probe
 
 REPRESENTATION_METHODS = ('diti', 'pdae')  # z of the clean image; attribute mAP probes
 ATTRIBUTE_PROBE_FEATURES = ('pixels',) + REPRESENTATION_METHODS
+ALL_SUBSETS_LABEL = 'all of z'  # the counterfactual control row: every subset swapped
 
 
 def _split_names(spec: registry.DatasetSpec) -> dict[str, str]:
@@ -98,7 +99,7 @@ def _labelled_images(dataset_config, split: str, limit: int) -> tuple[np.ndarray
 
 
 def counterfactual_study(config, spec, method, params, frozen, out_dir: str) -> dict:
-  """Swaps each subset group of z from B into A for test pairs; reads the result.
+  """Swaps each subset group of z from B into A for test pairs, then all of z; reads the result.
 
   A classifier of the dataset's categorical labels (trained here, its test accuracy reported)
   reads A, B and every counterfactual; for each group and attribute, `took_b` is the fraction of
@@ -117,8 +118,13 @@ def counterfactual_study(config, spec, method, params, frozen, out_dir: str) -> 
       seed=config.seed, test_images=test_images[held_out],
       test_labels={k: v[held_out] for k, v in test_labels.items()})
   images_a, images_b = test_images[:pairs], test_images[pairs:2 * pairs]
-  groups = counterfactual.subset_groups(method.partition.num_subsets)
+  num_subsets = method.partition.num_subsets
+  groups = counterfactual.subset_groups(num_subsets)
   names = [counterfactual.group_label(method.partition, g) for g in groups]
+  # A control: all of z from B. No group swap can move an attribute more often than this does
+  # (from A's x_T^A, what the noise fixes stays A's).
+  groups.append((0, num_subsets))
+  names.append(ALL_SUBSETS_LABEL)
   result = counterfactual.counterfactuals(
       method, params, frozen, images_a, images_b, groups, num_steps=config.sample.ddim_steps,
       alpha=eval_config.counterfactual_alpha, noise_alpha=eval_config.counterfactual_noise_alpha)
@@ -209,6 +215,16 @@ def evaluate(config, workdir: str) -> dict:
                                  os.path.join(out_dir, 'timestep_probe.png'))
     results['timestep_probe_best_group'] = timestep_probe.best_group_per_attribute(
         results['timestep_probe'])
+    # The same probe on a randomly rotated z: what a group reads with nothing of its own.
+    results['timestep_probe_random_rotation'] = timestep_probe.group_probe(
+        timestep_probe.random_rotation({k: v['features']['diti'] for k, v in feature_sets.items()},
+                                       seed=config.seed),
+        {k: v['attributes'] for k, v in feature_sets.items()}, method.partition, groups,
+        epochs=eval_config.probe_epochs, seed=config.seed, attribute_names=spec.attribute_names)
+    timestep_probe.plot_group_ap(
+        results['timestep_probe_random_rotation'], spec.attribute_names,
+        os.path.join(out_dir, 'timestep_probe_random_rotation.png'),
+        title='The same probe on a randomly rotated z (groups with nothing of their own)')
   if 'diti' in loaded and feature_sets['train']['labels']:
     results['counterfactual'] = counterfactual_study(config, spec, *loaded['diti'], out_dir)
 

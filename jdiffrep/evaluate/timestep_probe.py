@@ -77,6 +77,22 @@ def group_probe(features_by_split: Mapping[str, np.ndarray],
   return result
 
 
+def random_rotation(features_by_split: Mapping[str, np.ndarray], seed: int = 0
+                    ) -> dict[str, np.ndarray]:
+  """Every split's z [N, d] times one Haar-random orthogonal [d, d] matrix (float32).
+
+  The reference for `group_probe`: a group of the rotated z is a random subspace of z with the
+  group's size, so it holds no group-specific information. A group of the real z that reads an
+  attribute no better than this has nothing of its own for the probe to find; for an encoder whose
+  head is one Linear layer this is what dims the decoder ignores look like (they stay random
+  projections of the shared features).
+  """
+  d = np.asarray(next(iter(features_by_split.values()))).shape[1]
+  q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, d)))
+  rotation = (q * np.sign(np.diag(r))).astype(np.float32)  # sign fix: Haar-distributed
+  return {split: np.asarray(z, np.float32) @ rotation for split, z in features_by_split.items()}
+
+
 def best_group_per_attribute(result: dict) -> dict[str, str]:
   """{attribute: label of the group whose dims alone give it the highest test AP} (None when the
   attribute has no AP in any group)."""

@@ -46,6 +46,7 @@ class DiTi:
   image_shape: tuple[int, int, int]
   dm_workdir: str  # the frozen DM's run
   dm_prediction: str = 'eps'  # what the frozen DM outputs (converted to eps)
+  loss_weight_gamma: float = diffusion.PDAE_GAMMA  # w_t = snr^gamma / (1 + snr)
   reconstruction_steps: int = 50
 
   @classmethod
@@ -64,6 +65,11 @@ class DiTi:
     if c.gradient_mode not in timestep_features.GRADIENT_MODES:
       raise ValueError(f'config.diti.gradient_mode={c.gradient_mode!r}; valid: '
                        f'{timestep_features.GRADIENT_MODES}.')
+    gamma = c.loss_weight_gamma
+    if not -2.0 <= gamma <= 1.0:  # also false for NaN
+      raise ValueError(f'config.diti.loss_weight_gamma={gamma!r}: need a number in [-2, 1] '
+                       f'(PDAE and DiTi use {diffusion.PDAE_GAMMA}; -1 weighs the x0 error by '
+                       '1 / (1 + snr)).')
     branch_depth = c.branch_depth if c.branch_depth > 0 else max(dm.depth // 2, 1)
     branch = gradient_estimator.GradientEstimator(
         depth=branch_depth, num_heads=dm.num_heads, patch_size=dm.patch_size,
@@ -79,6 +85,7 @@ class DiTi:
                image_shape=tuple(image_shape),
                dm_workdir=ddpm.dm_workdir(c.dm_workdir, workdir),
                dm_prediction=config.diffusion.prediction,
+               loss_weight_gamma=float(gamma),
                reconstruction_steps=config.sample.ddim_steps)
 
   # -------------------------------------------------------------- shapes of things
@@ -148,9 +155,10 @@ class DiTi:
     masks = timestep_features.mask_tables(self.partition)
     z_t = timestep_features.mask_condition(z, t, masks, self.gradient_mode)
     eps_pred = self.predict_eps(params, frozen, x_t, t, z_t)
-    loss, per_example = diffusion.pdae_weighted_eps_loss(self.schedule, eps_pred, eps, t)
+    loss, per_example = diffusion.pdae_weighted_eps_loss(self.schedule, eps_pred, eps, t,
+                                                         self.loss_weight_gamma)
     return loss, {'unweighted_mse': jnp.mean(per_example),
-                                'z_norm': jnp.mean(jnp.linalg.norm(z, axis=-1))}
+                  'z_norm': jnp.mean(jnp.linalg.norm(z, axis=-1))}
 
   def conditioned_eps_fn(self, params, frozen, z: jax.Array):
     """eps_fn(x, t) for DDIM with z masked by m(t) at every step (inversion and generation)."""
