@@ -207,23 +207,24 @@ def evaluate(config, workdir: str) -> dict:
   if 'diti' in loaded and 'attributes' in feature_sets['train']:
     method = loaded['diti'][0]
     groups = counterfactual.subset_groups(method.partition.num_subsets)
-    results['timestep_probe'] = timestep_probe.group_probe(
-        {k: v['features']['diti'] for k, v in feature_sets.items()},
-        {k: v['attributes'] for k, v in feature_sets.items()}, method.partition, groups,
-        epochs=eval_config.probe_epochs, seed=config.seed, attribute_names=spec.attribute_names)
-    timestep_probe.plot_group_ap(results['timestep_probe'], spec.attribute_names,
-                                 os.path.join(out_dir, 'timestep_probe.png'))
+    diti_z = {k: v['features']['diti'] for k, v in feature_sets.items()}
+    attributes = {k: v['attributes'] for k, v in feature_sets.items()}
+
+    def probe_groups(z_by_split, png_name, **plot_kwargs):
+      result = timestep_probe.group_probe(
+          z_by_split, attributes, method.partition, groups, epochs=eval_config.probe_epochs,
+          seed=config.seed, attribute_names=spec.attribute_names)
+      timestep_probe.plot_group_ap(result, spec.attribute_names,
+                                   os.path.join(out_dir, png_name), **plot_kwargs)
+      return result
+
+    results['timestep_probe'] = probe_groups(diti_z, 'timestep_probe.png')
     results['timestep_probe_best_group'] = timestep_probe.best_group_per_attribute(
         results['timestep_probe'])
     # The same probe on a randomly rotated z: what a group reads with nothing of its own.
-    results['timestep_probe_random_rotation'] = timestep_probe.group_probe(
-        timestep_probe.random_rotation({k: v['features']['diti'] for k, v in feature_sets.items()},
-                                       seed=config.seed),
-        {k: v['attributes'] for k, v in feature_sets.items()}, method.partition, groups,
-        epochs=eval_config.probe_epochs, seed=config.seed, attribute_names=spec.attribute_names)
-    timestep_probe.plot_group_ap(
-        results['timestep_probe_random_rotation'], spec.attribute_names,
-        os.path.join(out_dir, 'timestep_probe_random_rotation.png'),
+    results['timestep_probe_random_rotation'] = probe_groups(
+        timestep_probe.random_rotation(diti_z, seed=config.seed),
+        'timestep_probe_random_rotation.png',
         title='The same probe on a randomly rotated z (groups with nothing of their own)')
   if 'diti' in loaded and feature_sets['train']['labels']:
     results['counterfactual'] = counterfactual_study(config, spec, *loaded['diti'], out_dir)
