@@ -8,7 +8,6 @@ is caught; an unreadable or damaged newest checkpoint is set aside and the previ
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 import time
@@ -23,10 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jdiffrep import paths
+
 CORRUPT_DIR_NAME = 'corrupt_checkpoints'
 
 
-def make_manager(directory: str, *, max_to_keep: int, create: bool = True
+def make_manager(directory: epath.PathLike, *, max_to_keep: int, create: bool = True
                  ) -> ocp.CheckpointManager:
   """A manager for `directory`; the trainer decides when to save (see `save`).
 
@@ -35,7 +36,7 @@ def make_manager(directory: str, *, max_to_keep: int, create: bool = True
   """
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
                                          cleanup_tmp_directories=create)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+  return ocp.CheckpointManager(paths.absolute(directory), options=options,
                                item_names=('state', 'data', 'fingerprint'))
 
 
@@ -99,9 +100,9 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, abstract, data_iter
     saved = np.asarray(restored.fingerprint['leaves'], np.uint32)
     found = np.asarray(jax.device_get(state_fingerprint(restored.state)))
     if saved.shape != found.shape or np.any(saved != found):
-      paths = [jax.tree_util.keystr(path)
-               for path, _ in jax.tree_util.tree_leaves_with_path(restored.state)]
-      differing = [p for p, a, b in zip(paths, saved, found) if a != b] or ['(leaf count)']
+      leaf_paths = [jax.tree_util.keystr(path)
+                    for path, _ in jax.tree_util.tree_leaves_with_path(restored.state)]
+      differing = [p for p, a, b in zip(leaf_paths, saved, found) if a != b] or ['(leaf count)']
       raise CorruptCheckpointError(
           f'{len(differing)} array(s) differ from the fingerprint saved with them, e.g. '
           f'{", ".join(differing[:3])}')

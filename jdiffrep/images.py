@@ -1,10 +1,14 @@
-"""Image grids for people to look at: samples written as PNG and to TensorBoard."""
+"""Image grids for people to look at: samples written as PNG and to TensorBoard.
+
+PNGs go through `etils.epath`, so `path` may be a `gs://` URL as well as a local file.
+"""
 
 from __future__ import annotations
 
+import io
 import math
-import os
 
+from etils import epath
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
@@ -32,10 +36,30 @@ def make_grid(images: np.ndarray, *, num_columns: int | None = None, padding: in
   return grid
 
 
-def save_png(path: str, image: np.ndarray) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(np.asarray(image).squeeze() if image.shape[-1] == 1 else image).save(path)
-  return path
+def encode_png(image: np.ndarray) -> bytes:
+  """[H, W, C] uint8 -> PNG bytes (PIL, no TensorFlow; lossless, so it decodes to `image`)."""
+  image = np.asarray(image)
+  buffer = io.BytesIO()
+  Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
+def save_png(path: str | epath.PathLike, image: np.ndarray) -> str:
+  """Writes [H, W, C] uint8 `image` as a PNG at `path` (local or a URL); returns the path."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(encode_png(image))
+  return str(path)
+
+
+def save_figure(path: str | epath.PathLike, figure) -> str:
+  """Writes a matplotlib `figure` as a PNG at `path` (local or a URL); returns the path."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format='png')
+  path.write_bytes(buffer.getvalue())
+  return str(path)
 
 
 def interleave_rows(originals, outputs, columns: int = PAIR_COLUMNS):

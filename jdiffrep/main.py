@@ -14,11 +14,12 @@ prints its parameter count, per-device memory and FLOPs per step, then exits wit
 
 import os
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow is only used for TensorBoard I/O.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # quiet TensorFlow, where it is installed
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
+from etils import epath
 import jax
 from ml_collections import config_flags
 
@@ -77,7 +78,7 @@ def main(argv):
   if _COMPILE_ONLY.value:
     config_lib.validate_config(_CONFIG.value)
     for stage, stage_config in training_stage_configs(_CONFIG.value):
-      report = train.compile_only(stage_config, os.path.join(_WORKDIR.value, stage)
+      report = train.compile_only(stage_config, str(epath.Path(_WORKDIR.value) / stage)
                                   if _CONFIG.value.pipeline else _WORKDIR.value)
       if jax.process_index() == 0:
         print(format_compile_report(stage, report), flush=True)

@@ -8,12 +8,12 @@ preempted stage (SIGTERM) ends the run after its checkpoint, with exit status 0.
 from __future__ import annotations
 
 import json
-import os
 
 from absl import logging
 import jax
 
 from jdiffrep import config as config_lib
+from jdiffrep import paths
 from jdiffrep import train
 
 
@@ -22,19 +22,19 @@ def run(config, workdir: str) -> dict:
   config_lib.validate_config(config)
   if not config.pipeline:
     return train.train_and_evaluate(config, workdir)
+  workdir = paths.absolute(workdir)  # local or a URL (gs://...)
   results = {'config_name': config.name, 'pipeline': list(config.pipeline), 'stages': {}}
   for stage in config.pipeline:
-    stage_dir = os.path.join(workdir, stage)
+    stage_dir = str(workdir / stage)
     logging.info('=== Stage %s in %s', stage, stage_dir)
     if stage == config_lib.EVALUATE_STAGE:
       from jdiffrep.evaluate import pipeline_eval  # pylint: disable=g-import-not-at-top
-      results['stages'][stage] = pipeline_eval.evaluate(config, workdir)
+      results['stages'][stage] = pipeline_eval.evaluate(config, str(workdir))
     else:
       results['stages'][stage] = train.train_and_evaluate(
           config_lib.stage_config(config, stage), stage_dir)
     if jax.process_index() == 0:
-      with open(os.path.join(workdir, 'results.json'), 'w') as f:
-        json.dump(results, f, indent=2)
+      (workdir / 'results.json').write_text(json.dumps(results, indent=2))
     if results['stages'][stage].get('preempted'):
       logging.warning('Stage %s was preempted and saved a checkpoint; stopping here. Run the '
                       'same command to resume it and the stages after it.', stage)

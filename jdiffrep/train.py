@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from typing import Any
 
 from absl import logging
-from clu import metric_writers
 from clu import periodic_actions
+from etils import epath
 import flax
 import jax
 import jax.numpy as jnp
@@ -27,6 +26,8 @@ from jdiffrep import checkpoint
 from jdiffrep import config as config_lib
 from jdiffrep import images
 from jdiffrep import methods
+from jdiffrep import metric_writer
+from jdiffrep import paths
 from jdiffrep import sharding
 from jdiffrep.data import pipeline
 
@@ -193,14 +194,14 @@ def count_params(params) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
-def _write_preview_grid(preview_fn, state: TrainState, step: int, workdir: str,
-                        writer: metric_writers.MetricWriter) -> str:
+def _write_preview_grid(preview_fn, state: TrainState, step: int, workdir: epath.Path,
+                        writer: metric_writer.interface.MetricWriter) -> str:
   samples = pipeline.to_uint8(jax.device_get(preview_fn(state.ema_params)))
   grid = images.make_grid(samples, num_columns=8, upscale=max(1, 128 // samples.shape[1]))
   writer.write_images(step, {'samples': grid[None]})
-  path = os.path.join(workdir, 'samples', f'step_{step:07d}.png')
+  path = workdir / 'samples' / f'step_{step:07d}.png'
   if jax.process_index() != 0:  # every process computes the samples; one writes them
-    return path
+    return str(path)
   return images.save_png(path, grid)
 
 
@@ -246,12 +247,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, sigterm) -> dict:
   wall_start = time.time()
   config_lib.validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.absolute(workdir)  # local or a URL (gs://...): all I/O goes through epath
+  workdir.mkdir(parents=True, exist_ok=True)
   is_chief = jax.process_index() == 0
   if is_chief:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  writer = metric_writer.create_writer(workdir, just_logging=not is_chief)
 
   # ---------------------------------------------------------------- mesh
   mesh = make_checked_mesh(config)
@@ -266,7 +267,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, sigterm
   image_shape = (resolution, resolution, 3)
 
   # ---------------------------------------------------------------- model and optimiser
-  method = methods.make_method(config, image_shape, workdir=workdir)
+  method = methods.make_method(config, image_shape, workdir=str(workdir))
   tx, learning_rate = make_optimizer(config.optim)
   replicated = sharding.replicated(mesh)
   step_fn, state_sharding, frozen_sharding = make_sharded_step(config, method, tx, learning_rate,
@@ -278,7 +279,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, sigterm
   logging.info('Model %s: %s trainable parameters.', config.model.name, f'{num_params:,}')
 
   # ---------------------------------------------------------------- checkpoint
-  manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'),
+  manager = checkpoint.make_manager(workdir / 'checkpoints',
                                     max_to_keep=config.keep_checkpoints)
   restored = checkpoint.restore_latest(manager, state, train_iter)
   if restored is not None:
@@ -286,12 +287,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, sigterm
   else:
     state = warm_start(state, method.warm_start_params(), state_sharding)
   start_step = int(jax.device_get(state.step))
-  results_path = os.path.join(workdir, 'results.json')
-  if start_step >= config.num_train_steps and os.path.exists(results_path):
+  results_path = workdir / 'results.json'
+  if start_step >= config.num_train_steps and results_path.exists():
     logging.info('%s is already trained to step %d; reusing its results.', workdir, start_step)
     manager.close()
-    with open(results_path) as f:
-      return json.load(f)
+    return json.loads(results_path.read_text())
   if start_step > 0:
     logging.info('Resumed from step %d.', start_step)
 
@@ -401,13 +401,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, sigterm
       'artifacts': {
           'checkpoints': str(manager.directory),
           'samples': sample_paths,
-          'tensorboard': os.path.abspath(workdir),
-          'config': os.path.abspath(os.path.join(workdir, 'config.json')),
+          'tensorboard': str(workdir),
+          'config': str(workdir / 'config.json'),
       },
   }
   if is_chief and not preempted:
-    with open(results_path, 'w') as f:
-      json.dump(results, f, indent=2)
+    results_path.write_text(json.dumps(results, indent=2))
   logging.info('Done: %s', json.dumps(results))
   manager.close()
   writer.close()

@@ -1,5 +1,6 @@
 """The trainer on the built-in dataset: learning, checkpoint/resume, artifacts, the CLI."""
 
+import io
 import json
 import os
 import subprocess
@@ -8,7 +9,11 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+from tensorboard.util import tensor_util
 
 from jdiffrep import checkpoint
 from jdiffrep import methods
@@ -73,9 +78,27 @@ def test_run_writes_results_samples_and_checkpoints(tiny_config, tmp_path):
   for path in on_disk['artifacts']['samples']:
     assert os.path.getsize(path) > 0
   assert os.path.exists(tmp_path / 'samples' / 'step_0000008.png')
-  assert any(name.startswith('events.out.tfevents') for name in os.listdir(tmp_path))
   assert checkpoint.make_manager(str(tmp_path / 'checkpoints'),
                                  max_to_keep=3).all_steps() == [4, 8]
+  # TensorBoard's own reader loads what the TF-free writer wrote: scalars every 4 steps (the
+  # last equal to results.json's final loss), the sample grid, the hparams.
+  events = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={'tensors': 0})
+  events.Reload()
+  assert {'loss', 'grad_norm', 'images_per_sec', 'step_time_ms'} <= set(
+      events.PluginTagToContent('scalars'))
+  losses = {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors('loss')}
+  assert sorted(losses) == [4, 8]
+  np.testing.assert_allclose(losses[8], on_disk['final_loss'], rtol=1e-6)
+  (grid,) = events.Tensors('samples')
+  width, height, png = tensor_util.make_ndarray(grid.tensor_proto)
+  with Image.open(tmp_path / 'samples' / 'step_0000008.png') as on_disk_grid:
+    assert (int(width), int(height)) == on_disk_grid.size
+  with Image.open(io.BytesIO(png)) as logged_grid:
+    assert logged_grid.size == on_disk_grid.size
+  session = plugin_data_pb2.HParamsPluginData.FromString(
+      events.PluginTagToContent('hparams')['_hparams_/session_start_info']).session_start_info
+  assert session.hparams['batch_size'].number_value == tiny_config.batch_size == 16
+  assert session.hparams['method'].string_value == 'ddpm'
 
 
 def test_resumed_run_is_bit_identical_to_uninterrupted(tiny_config, tmp_path):

@@ -16,13 +16,13 @@ The prepared directory is `<data_dir>/<builder name>/<config>/<version>/`; it is
 from __future__ import annotations
 
 import concurrent.futures
-import io
 from typing import Iterator
 
 from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jdiffrep import images
 from jdiffrep.data import registry
 from jdiffrep.data import sources
 
@@ -83,15 +83,6 @@ def size_problem(name: str, image: np.ndarray, source: sources.Source) -> source
   return None
 
 
-def encode_png(image: np.ndarray) -> bytes:
-  """[H, W, 3] uint8 -> PNG bytes (PIL; lossless, so records decode to exactly `image`)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
-  buffer = io.BytesIO()
-  Image.fromarray(image).save(buffer, format='PNG')
-  return buffer.getvalue()
-
-
 def convert(raw: sources.RawExample, source: sources.Source, resolution: int):
   """One source image -> (example for the builder, None), or (None, why it is left out).
 
@@ -110,7 +101,7 @@ def convert(raw: sources.RawExample, source: sources.Source, resolution: int):
         f'{raw.name}: converted to {image.shape} {image.dtype}, expected '
         f'({resolution}, {resolution}, 3) uint8.'
     )
-  example = {'image': encode_png(image)}
+  example = {'image': images.encode_png(image)}
   if source.attribute_names:
     example['attributes'] = np.asarray(raw.attributes, dtype=bool)
   if source.label_names:

@@ -18,6 +18,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jdiffrep import images
 from jdiffrep.data import shapes
 
 FILE_FORMAT = 'array_record'
@@ -87,7 +88,9 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, num_examples: int):
     config = self.builder_config
     for index in range(num_examples):
-      yield index, shapes.generate_example(config.seed, split, index, config.resolution)
+      example = shapes.generate_example(config.seed, split, index, config.resolution)
+      # Encoded here with PIL: tfds would encode a NumPy image with TensorFlow.
+      yield index, {**example, 'image': images.encode_png(example['image'])}
 
 
 def prepare_shapes(data_dir: str, config: str | ShapesConfig = '32') -> Shapes:

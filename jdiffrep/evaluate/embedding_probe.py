@@ -10,7 +10,6 @@ cosine kNN (k = 20). `plot_accuracy_vs_t` draws the sweep.
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Mapping, Sequence
 
@@ -19,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdiffrep import images
 from jdiffrep.evaluate import probe
 from jdiffrep.models import sdae as sdae_model
 
@@ -149,7 +149,6 @@ def plot_accuracy_vs_t(results: Mapping[str, dict], path: str) -> str:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, loc='lower left')
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path)
+  path = images.save_figure(path, fig)
   plt.close(fig)
   return path

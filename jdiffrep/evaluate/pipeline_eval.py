@@ -15,7 +15,6 @@ Writes `<workdir>/evaluate/results.json` and the PNGs next to it.
 from __future__ import annotations
 
 import json
-import os
 
 from absl import logging
 import jax
@@ -26,6 +25,7 @@ from jdiffrep import checkpoint
 from jdiffrep import config as config_lib
 from jdiffrep import images
 from jdiffrep import methods
+from jdiffrep import paths
 from jdiffrep.data import pipeline
 from jdiffrep.data import registry
 from jdiffrep.evaluate import counterfactual
@@ -49,10 +49,10 @@ def _split_names(spec: registry.DatasetSpec) -> dict[str, str]:
 
 def load_representation(config, workdir: str, name: str, image_shape):
   """(method, EMA params, frozen params) of the finished `name` stage in `workdir`."""
-  stage_dir = os.path.join(workdir, name)
+  stage_dir = paths.absolute(workdir) / name
   method = methods.make_method(config_lib.stage_config(config, name), image_shape,
-                               workdir=stage_dir)
-  params = checkpoint.load_trained_params(os.path.join(stage_dir, 'checkpoints'),
+                               workdir=str(stage_dir))
+  params = checkpoint.load_trained_params(stage_dir / 'checkpoints',
                                           method.abstract_params(), what=f'{name} model')
   return method, params, jax.device_put(method.load_frozen())
 
@@ -78,7 +78,7 @@ def attribute_probes(feature_sets: dict, attribute_names, *, epochs: int, seed: 
 
 
 def reconstruction(method, frozen, params, test_images: np.ndarray, *, num_steps: int,
-                   out_path: str) -> dict:
+                   out_path) -> dict:
   """DDIM encode -> decode with the learned z: MSE, PSNR (images in [-1, 1]) and a grid PNG."""
   recon_fn = jax.jit(lambda x: method.reconstruct(params, frozen, x, num_steps=num_steps))
   recon = np.clip(np.asarray(recon_fn(jnp.asarray(test_images))), -1.0, 1.0)
@@ -87,9 +87,8 @@ def reconstruction(method, frozen, params, test_images: np.ndarray, *, num_steps
   rows = [pipeline.to_uint8(test_images[:8]), pipeline.to_uint8(recon[:8])]
   grid = images.make_grid(np.concatenate(rows), num_columns=min(8, len(test_images)),
                           upscale=max(1, 96 // test_images.shape[1]))
-  images.save_png(out_path, grid)
   return {'mse': mse, 'psnr_db': psnr, 'num_images': int(len(test_images)),
-          'ddim_steps': num_steps, 'grid': out_path}
+          'ddim_steps': num_steps, 'grid': images.save_png(out_path, grid)}
 
 
 def _labelled_images(dataset_config, split: str, limit: int) -> tuple[np.ndarray, dict]:
@@ -98,7 +97,7 @@ def _labelled_images(dataset_config, split: str, limit: int) -> tuple[np.ndarray
           {k: np.concatenate([b['labels'][k] for b in batches]) for k in batches[0]['labels']})
 
 
-def counterfactual_study(config, spec, method, params, frozen, out_dir: str) -> dict:
+def counterfactual_study(config, spec, method, params, frozen, out_dir) -> dict:
   """Swaps each subset group of z from B into A for test pairs, then all of z; reads the result.
 
   A classifier of the dataset's categorical labels (trained here, its test accuracy reported)
@@ -128,7 +127,7 @@ def counterfactual_study(config, spec, method, params, frozen, out_dir: str) -> 
   result = counterfactual.counterfactuals(
       method, params, frozen, images_a, images_b, groups, num_steps=config.sample.ddim_steps,
       alpha=eval_config.counterfactual_alpha, noise_alpha=eval_config.counterfactual_noise_alpha)
-  grid_path = os.path.join(out_dir, 'counterfactuals.png')
+  grid_path = str(out_dir / 'counterfactuals.png')
   counterfactual.save_counterfactual_grid(grid_path, images_a[:8], images_b[:8],
                                           {k: v[..., :8, :, :, :] if k == 'swapped' else v[:8]
                                            for k, v in result.items()}, names)
@@ -143,8 +142,8 @@ def counterfactual_study(config, spec, method, params, frozen, out_dir: str) -> 
 
 def evaluate(config, workdir: str) -> dict:
   """Runs every evaluation that applies to the stages in `config.pipeline`."""
-  out_dir = os.path.join(workdir, config_lib.EVALUATE_STAGE)
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = paths.absolute(workdir) / config_lib.EVALUATE_STAGE  # local or a URL (gs://...)
+  out_dir.mkdir(parents=True, exist_ok=True)
   spec = registry.get_spec(config.dataset.name)
   resolution = config.dataset.resolution
   image_shape = (resolution, resolution, 3)
@@ -192,7 +191,7 @@ def evaluate(config, workdir: str) -> dict:
     results['categorical_probe_summary'] = embedding_probe.summarize(categorical)
     if sdae is not None:
       results['accuracy_vs_t_plot'] = embedding_probe.plot_accuracy_vs_t(
-          categorical, os.path.join(out_dir, 'accuracy_vs_t.png'))
+          categorical, out_dir / 'accuracy_vs_t.png')
 
   test_images = pipeline.first_images(config.dataset, eval_config.reconstruction_images)
   results['reconstruction'] = {}
@@ -200,7 +199,7 @@ def evaluate(config, workdir: str) -> dict:
     results['reconstruction'][name] = reconstruction(
         method, frozen, params, test_images,
         num_steps=config.sample.ddim_steps,
-        out_path=os.path.join(out_dir, f'reconstruction_{name}.png'))
+        out_path=out_dir / f'reconstruction_{name}.png')
     logging.info('Reconstruction with %s z: PSNR %.2f dB.', name,
                  results['reconstruction'][name]['psnr_db'])
 
@@ -215,7 +214,7 @@ def evaluate(config, workdir: str) -> dict:
           z_by_split, attributes, method.partition, groups, epochs=eval_config.probe_epochs,
           seed=config.seed, attribute_names=spec.attribute_names)
       timestep_probe.plot_group_ap(result, spec.attribute_names,
-                                   os.path.join(out_dir, png_name), **plot_kwargs)
+                                   out_dir / png_name, **plot_kwargs)
       return result
 
     results['timestep_probe'] = probe_groups(diti_z, 'timestep_probe.png')
@@ -230,6 +229,5 @@ def evaluate(config, workdir: str) -> dict:
     results['counterfactual'] = counterfactual_study(config, spec, *loaded['diti'], out_dir)
 
   if jax.process_index() == 0:
-    with open(os.path.join(out_dir, 'results.json'), 'w') as f:
-      json.dump(results, f, indent=2)
+    (out_dir / 'results.json').write_text(json.dumps(results, indent=2))
   return results

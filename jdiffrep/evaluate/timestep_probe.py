@@ -9,7 +9,6 @@ result as a heat map (PIL only).
 from __future__ import annotations
 
 import math
-import os
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -17,6 +16,7 @@ from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 
+from jdiffrep import images
 from jdiffrep import timestep_features
 from jdiffrep.evaluate import counterfactual
 from jdiffrep.evaluate import probe
@@ -176,6 +176,4 @@ def plot_group_ap(result: dict, attribute_names: Sequence[str] | None, path: str
                 anchor='mm')
       if ap == best:
         draw.rectangle(box, outline=(230, 120, 0), width=2)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  image.save(path)
-  return path
+  return images.save_png(path, np.asarray(image.convert('RGB')))

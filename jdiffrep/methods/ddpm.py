@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 
 from jdiffrep import diffusion
+from jdiffrep import paths
 from jdiffrep.models import dit
 
 
@@ -26,18 +26,17 @@ def dm_workdir(explicit: str | None, stage_workdir: str) -> str:
   The pipeline puts each stage in <workdir>/<stage>, so the DM of a pipeline run is found next
   to the stage that reads it.
   """
-  return explicit or os.path.join(os.path.dirname(os.path.abspath(stage_workdir)), 'ddpm')
+  return explicit or str(paths.absolute(stage_workdir).parent / 'ddpm')
 
 
 def check_dm_prediction(dm_workdir: str, prediction: str, *, config_section: str) -> None:
   """Raises ValueError if the DM run's config.json says it predicts something else than
   `prediction` (its output would be converted to eps the wrong way); warns if there is none."""
-  path = os.path.join(dm_workdir, 'config.json')
-  if not os.path.exists(path):
+  path = paths.absolute(dm_workdir) / 'config.json'
+  if not path.exists():
     logging.warning('%s is missing; cannot check what the DM predicts.', path)
     return
-  with open(path) as f:
-    dm_prediction = json.load(f).get('diffusion', {}).get('prediction')
+  dm_prediction = json.loads(path.read_text()).get('diffusion', {}).get('prediction')
   if dm_prediction != prediction:
     raise ValueError(
         f'The DM in {dm_workdir} predicts {dm_prediction!r} but config.diffusion.prediction is '
@@ -57,7 +56,7 @@ def load_trained_dm(dm_workdir: str, expected, *, prediction: str, config_sectio
   from jdiffrep import checkpoint  # pylint: disable=g-import-not-at-top
   check_dm_prediction(dm_workdir, prediction, config_section=config_section)
   try:
-    return checkpoint.load_trained_params(os.path.join(dm_workdir, 'checkpoints'), expected,
+    return checkpoint.load_trained_params(paths.absolute(dm_workdir) / 'checkpoints', expected,
                                           what='diffusion model')
   except FileNotFoundError as error:
     raise FileNotFoundError(
