@@ -19,11 +19,9 @@ Each run appends one JSON line to `--out` (device, versions, date, command, load
 
 from __future__ import annotations
 
-import datetime
 import functools
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -32,6 +30,8 @@ import time
 
 from absl import app
 from absl import flags
+
+from benchmarks import provenance
 
 _BENCH = flags.DEFINE_enum('bench', 'dit', ['dit', 'diti', 'sdae', 'data', 'devices'],
                            'What to time.')
@@ -90,13 +90,12 @@ def _with_mfu(result: dict, flops_per_step: float, peak: float | None) -> dict:
   return result
 
 
-def _versions() -> dict:
-  import flax  # pylint: disable=g-import-not-at-top
+def _peak_device_memory_bytes() -> int | None:
+  """The most memory this process has held on device 0 (None where the backend keeps no
+  count, e.g. the CPU)."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jaxlib  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  return {'python': platform.python_version(), 'jax': jax.__version__,
-          'jaxlib': jaxlib.__version__, 'flax': flax.__version__, 'optax': optax.__version__}
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get('peak_bytes_in_use')
 
 
 def _record(bench: str, fields: dict) -> dict:
@@ -105,13 +104,14 @@ def _record(bench: str, fields: dict) -> dict:
   return {
       'date': _START['date'],
       'command': 'python -m benchmarks.throughput ' + shlex.join(sys.argv[1:]),
+      'commit': provenance.commit(),
       'bench': bench,
       'platform': device.platform,
       'device_kind': device.device_kind,
       'device_count': jax.device_count(),
-      'host': f'{platform.machine()}, {_cores()} cores usable',
+      'host': provenance.host(),
       'load_avg_start': _START['load_avg'],
-      'versions': _versions(),
+      'versions': provenance.versions(),
       'note': _NOTE.value,
       **fields,
   }
@@ -271,12 +271,15 @@ def bench_dit() -> dict:
                               formula_flops, peak and peak * peer_devices)
   results['jdiffrep'].update(compile_seconds=round(ours.compile_seconds, 2),
                              num_params=ours.num_params,
-                             xla_flops_per_step=ours.xla_flops)
+                             xla_flops_per_step=ours.xla_flops,
+                             peak_device_memory_bytes=_peak_device_memory_bytes())
   if ours.xla_flops and peak:
     step_s = results['jdiffrep']['step_ms'] / 1e3
     results['jdiffrep']['mfu_xla_flops'] = round(ours.xla_flops / step_s / peak, 4)
   if 'diffusers' in results:
     results['diffusers'].update(fields.pop('peer'))
+    results['diffusers']['peak_device_memory_bytes'] = (
+        peer.torch.cuda.max_memory_allocated(peer.device) if peer.device.type == 'cuda' else None)
     results['ratio_ours_over_peer'] = round(results['jdiffrep']['images_per_sec']
                                             / results['diffusers']['images_per_sec'], 3)
   return _record('dit', {
@@ -336,6 +339,7 @@ def bench_method(method_name: str) -> dict:
     run(_WARMUP.value)
   seconds = [run(_STEPS.value) for _ in range(_REPEATS.value)]
   result = _median_round(seconds, _STEPS.value, _BATCH.value, jax.device_count())
+  result['peak_device_memory_bytes'] = _peak_device_memory_bytes()
   return _record(method_name, {
       'model': _MODEL.value, 'resolution': _RESOLUTION.value, 'batch': _BATCH.value,
       'dtype': _DTYPE.value, 'attention': _ATTENTION.value, 'steps': _STEPS.value,
@@ -398,7 +402,7 @@ def main(argv) -> None:
     raise app.UsageError('--attention=cudnn needs --dtype=bfloat16 (cuDNN fused attention takes '
                          'fp16/bf16 only).')
   _START.update(
-      date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      date=provenance.utc_now(),
       load_avg=round(os.getloadavg()[0], 2))
   # Ours and the peer share one accelerator: JAX must not grab 75 % of its memory up front.
   os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')

@@ -2,7 +2,8 @@
 # The GPU benchmark set of benchmarks/README.md on one GPU (H100 / H200 / A100): appends to
 # benchmarks/results/gpu_throughput.jsonl, then regenerates the tables.
 #
-#   pip install -e '.[peer]' 'jax[cuda12]'
+#   pip install -e '.[peer]' 'jax[cuda13]'   # or jax[cuda12]; offline: launch/wheelhouse.sh
+# launch/gpu_check.sh runs the core of this set, plus the accelerator tests and a training run.
 #   launch/benchmark_gpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train on every GPU of one machine: one JAX process drives all local GPUs through the mesh.
 #
-#   pip install -e . 'jax[cuda12]'
+#   pip install -e . 'jax[cuda13]'   # or jax[cuda12]; add the gcs extra for a gs:// WORKDIR
 #   launch/gpu_single_node.sh [--dry-run] CONFIG WORKDIR [--config.field=value ...]
 #   launch/gpu_single_node.sh configs/celeba.py gs://bucket/runs/celeba --config.batch_size=256
 #

@@ -8,7 +8,7 @@
 #   create   gcloud compute tpus tpu-vm create (with --queued: a queued resource that waits for
 #            capacity, `gcloud compute tpus queued-resources create`; the node gets NAME too)
 #   setup    copy this checkout (git archive of HEAD) to every worker, pip install 'jax[tpu]'
-#            and the package there (--worker=all)
+#            and the package with its `gcs` extra (gcsfs, for gs:// workdirs) there (--worker=all)
 #   train    start `python -m jdiffrep.main` on every worker (--worker=all) in the background,
 #            with --config=CONFIG --workdir=WORKDIR (gs://) and TFDS_DATA_DIR=DATA_DIR (gs://);
 #            arguments after `--` are passed on. Re-running `train` resumes from the newest
@@ -94,7 +94,7 @@ case $command in
       "${scope[@]}"
     run gcloud compute tpus tpu-vm ssh "$name" --worker=all "${scope[@]}" --command="\
 mkdir -p $remote_dir && tar xzf ~/jdiffrep.tar.gz -C $remote_dir && \
-python3 -m pip install -U 'jax[tpu]' && python3 -m pip install -e $remote_dir"
+python3 -m pip install -U 'jax[tpu]' && python3 -m pip install -e $remote_dir'[gcs]'"
     ;;
   train)
     [[ $workdir == gs://* ]] || { echo "--workdir=gs://... (or WORKDIR) is required: every" \

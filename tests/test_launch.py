@@ -1,8 +1,10 @@
 """The launch scripts, run with --dry-run: the gcloud / srun commands they would run."""
 
 import os
+import re
 import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -45,7 +47,7 @@ def test_tpu_setup_installs_jax_tpu_and_the_package_on_all_workers():
   flags = _flags(ssh)
   assert flags['worker'] == 'all' and flags['zone'] == 'us-east5-a'
   remote = flags['command']
-  assert "pip install -U 'jax[tpu]'" in remote and 'pip install -e ~/jdiffrep' in remote
+  assert "pip install -U 'jax[tpu]'" in remote and "pip install -e ~/jdiffrep'[gcs]'" in remote
 
 
 def test_tpu_train_runs_main_on_all_workers_with_gcs_paths():
@@ -109,3 +111,50 @@ def test_slurm_srun_one_process_per_gpu():
   main = cmd[cmd.index('-m') + 1:]
   assert main == ['jdiffrep.main', '--config=configs/celeba.py', '--workdir=/shared/c',
                   '--config.model.dtype=bfloat16', '--config.batch_size=512']
+
+
+def _gpu_check_steps(*args: str) -> dict[str, list[str]]:
+  """{step name: argv} of the steps `gpu_check.sh --dry-run` prints ('== (name) command')."""
+  proc = subprocess.run(['bash', os.path.join(LAUNCH, 'gpu_check.sh'), '--dry-run', *args],
+                        capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 0, proc.stderr
+  steps = {}
+  for line in proc.stdout.splitlines():
+    assert line.startswith('== ('), line
+    name, command = line[len('== ('):].split(') ', 1)
+    steps[name] = shlex.split(command)
+  return steps
+
+
+def test_gpu_check_prints_every_step():
+  steps = _gpu_check_steps('--wheelhouse', '/wh', '--train-seconds', '90')
+  assert list(steps) == ['install', 'versions', 'device', 'accelerator-tests', 'dit-b2-bf16',
+                         'diti-celeba64', 'sdae-celeba64', 'train-shapes-dm', 'tables']
+  install = steps['install']
+  assert install[1:4] == ['-m', 'pip', 'install'] and '--no-index' in install
+  assert install[install.index('--find-links') + 1] == '/wh' and install[-1] == 'jdiffrep[peer]'
+  assert steps['versions'][1:] == ['-m', 'benchmarks.provenance']
+  assert steps['accelerator-tests'][1:] == ['-m', 'pytest', '-q', '-rs', '-m', 'accelerator',
+                                            'tests/test_accelerator.py']
+  dit = _flags(steps['dit-b2-bf16'])
+  assert (dit['bench'], dit['model'], dit['resolution']) == ('dit', 'B/2', '32')  # 256 tokens
+  assert (dit['dtype'], dit['attention'], dit['peer_compile']) == ('bfloat16', 'cudnn', True)
+  for name, bench in (('diti-celeba64', 'diti'), ('sdae-celeba64', 'sdae')):
+    flags = _flags(steps[name])
+    assert (flags['bench'], flags['model'], flags['resolution'], flags['batch']) == (
+        bench, 'B/4', '64', '128')
+    assert flags['dtype'] == 'bfloat16'
+  assert _flags(steps['train-shapes-dm'])['seconds'] == '90'
+  assert steps['tables'][1:] == ['-m', 'benchmarks.report']
+  assert 'install' not in _gpu_check_steps()  # no wheelhouse, nothing installed
+
+
+def test_accelerator_tests_are_reported_skipped_on_cpu():
+  proc = subprocess.run(
+      [sys.executable, '-m', 'pytest', '-q', '-rs', '-m', 'accelerator', '-p', 'no:cacheprovider',
+       'tests/test_accelerator.py'], cwd=os.path.dirname(LAUNCH), capture_output=True, text=True,
+      timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert proc.returncode == 0, proc.stdout[-3000:]
+  summary = proc.stdout.strip().splitlines()[-1]
+  assert re.fullmatch(r'\d+ skipped in [\d.]+s( \([\d:]+\))?', summary), summary
+  assert 'needs a GPU or TPU; the JAX backend is cpu' in proc.stdout

@@ -17,6 +17,7 @@ from PIL import Image
 import pytest
 
 from jdiffrep import config as config_lib
+from jdiffrep import images as images_lib
 from jdiffrep import prepare
 from jdiffrep import train
 from jdiffrep.data import pipeline
@@ -507,10 +508,16 @@ def test_trainer_runs_on_a_prepared_dataset(celeba, tmp_path, tiny_config):
 
 
 @pytest.mark.parametrize('dataset', ['celeba', 'cifar10'])
-def test_tfds_own_builder_is_a_source_with_its_feature_keys_mapped(dataset, tmp_path):
+def test_tfds_own_builder_is_a_source_with_its_feature_keys_mapped(dataset, tmp_path,
+                                                                   monkeypatch):
   """TFDS's `celeb_a` / `cifar10` (mocked: they need downloads) convert like the originals."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+  # tfds's mock encodes its random NumPy images with TensorFlow, which jdiffrep does not install;
+  # PIL's lossless PNG gives the mock the same pixels (real TFDS builds come encoded already).
+  from tensorflow_datasets.core.features import image_feature  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(image_feature._ImageEncoder, '_encode_image',  # pylint: disable=protected-access
+                      lambda self, image: images_lib.encode_png(image))
   with tfds.testing.mock_data(num_examples=3):
     source = prepare.read_source(dataset, 'tfds', data_dir=str(tmp_path / 'tfds'))
     name, splits = sources.TFDS_EQUIVALENTS[dataset]

@@ -1,0 +1,61 @@
+"""Where a benchmark row comes from: the date, the commit, the package versions, the host."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def utc_now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
+
+
+def commit() -> str | None:
+  """$JDIFFREP_COMMIT (for a copy of the tree without .git), else `git rev-parse HEAD`, with
+  '+dirty' when tracked files differ from it; None when neither is known."""
+  if os.environ.get('JDIFFREP_COMMIT'):
+    return os.environ['JDIFFREP_COMMIT']
+  try:
+    head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO_ROOT, capture_output=True,
+                          text=True, check=True, timeout=10).stdout.strip()
+    dirty = subprocess.run(['git', 'diff', '--quiet', 'HEAD', '--'], cwd=REPO_ROOT,
+                           timeout=10, check=False).returncode != 0
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return head + ('+dirty' if dirty else '')
+
+
+def versions() -> dict:
+  """Python and the JAX stack's versions."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  return {'python': platform.python_version(), 'jax': jax.__version__,
+          'jaxlib': jaxlib.__version__, 'flax': flax.__version__, 'optax': optax.__version__}
+
+
+def host() -> str:
+  return f'{platform.machine()}, {len(os.sched_getaffinity(0))} cores usable'
+
+
+def main() -> None:
+  """Prints the versions, the torch peer's where installed, and the JAX devices."""
+  import jax  # pylint: disable=g-import-not-at-top
+  found = versions()
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    found['torch'] = torch.__version__
+  except ImportError:
+    found['torch'] = 'not installed'
+  print(' | '.join(f'{k} {v}' for k, v in found.items()))
+  print(f'commit {commit()} | host {host()}')
+  print('devices:', jax.devices())
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The GPU check: one command on one GPU node (H100 / H200) that records what jdiffrep does there,
+# in about 8 minutes. Run it from the repository root of a checkout:
+#
+#   launch/gpu_check.sh [--dry-run] [--wheelhouse DIR] [--train-seconds N]
+#
+#   --wheelhouse DIR  first install jdiffrep and what the image lacks from DIR, offline
+#                     (pip install --no-index --find-links DIR; DIR from launch/wheelhouse.sh)
+#   --train-seconds N how long step (d) trains the shapes DM (default 120)
+#   --dry-run         print every step's command instead of running it
+#
+# Steps:
+#   (a) versions and the device;
+#   (b) the accelerator tests (pytest -m accelerator): cuDNN attention vs XLA, bf16 vs fp32
+#       train step, sharded step over all local devices vs one device;
+#   (c) throughput: DiT-B/2 at 256 tokens, bf16, cuDNN attention, against diffusers with
+#       torch.compile and bf16 autocast; DiTi and sdae steps at CelebA size (64x64, B/4, batch
+#       128, bf16) with peak device memory;
+#   (d) trains the `shapes` DM for --train-seconds and records its images/s;
+#   (e) appends every result to benchmarks/results/gpu_*.jsonl (device, date, versions, commit,
+#       command) and regenerates the tables (python -m benchmarks.report).
+# A CUDA image with jax, flax, optax, orbax-checkpoint, torch and tensorboard needs only the
+# wheelhouse's packages (grain, ml-collections, clu, tensorflow-datasets, array-record,
+# diffusers, ...). Set JDIFFREP_COMMIT when the checkout has no .git (it is recorded).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dry_run=false
+wheelhouse=''
+train_seconds=120
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --dry-run) dry_run=true ;;
+    --wheelhouse) wheelhouse=$2; shift ;;
+    --wheelhouse=*) wheelhouse=${1#*=} ;;
+    --train-seconds) train_seconds=$2; shift ;;
+    --train-seconds=*) train_seconds=${1#*=} ;;
+    *) echo "usage: $0 [--dry-run] [--wheelhouse DIR] [--train-seconds N]" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+python=${PYTHON:-python3}
+failed=()
+
+# step NAME CMD...: prints the step and its command; runs it unless --dry-run. A failing step
+# is reported at the end and does not stop the steps after it.
+step() {
+  local name=$1
+  shift
+  printf -v quoted '%q ' "$@"
+  echo "== ($name) ${quoted% }"
+  if $dry_run; then
+    return 0
+  fi
+  local start=$SECONDS
+  if "$@"; then
+    echo "-- ($name) done in $((SECONDS - start)) s"
+  else
+    echo "-- ($name) FAILED (exit $?) after $((SECONDS - start)) s"
+    failed+=("$name")
+  fi
+}
+
+if [[ -n $wheelhouse ]]; then
+  # jdiffrep's own wheel is in the wheelhouse: nothing is built, nothing is fetched.
+  step install "$python" -m pip install --quiet --no-index --find-links "$wheelhouse" \
+    'jdiffrep[peer]'
+fi
+
+step versions "$python" -m benchmarks.provenance
+if command -v nvidia-smi > /dev/null || $dry_run; then
+  step device nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+fi
+
+step accelerator-tests "$python" -m pytest -q -rs -m accelerator tests/test_accelerator.py
+
+bench=("$python" -m benchmarks.throughput --note=gpu_check)
+step dit-b2-bf16 "${bench[@]}" --bench=dit --model=B/2 --resolution=32 --batch=256 --dtype=bfloat16 \
+  --attention=cudnn --peer_compile --steps=20 --repeats=5
+step diti-celeba64 "${bench[@]}" --bench=diti --model=B/4 --resolution=64 --batch=128 \
+  --dtype=bfloat16 --attention=cudnn --peer=none --steps=20 --repeats=3
+step sdae-celeba64 "${bench[@]}" --bench=sdae --model=B/4 --resolution=64 --batch=128 \
+  --dtype=bfloat16 --attention=cudnn --peer=none --steps=20 --repeats=3
+
+step train-shapes-dm "$python" -m benchmarks.train_speed --config=configs/shapes.py:ddpm \
+  --seconds="$train_seconds" --note=gpu_check
+
+step tables "$python" -m benchmarks.report
+
+if ! $dry_run; then
+  if [[ ${#failed[@]} -gt 0 ]]; then
+    echo "gpu_check: failed steps: ${failed[*]}"
+    exit 1
+  fi
+  echo 'gpu_check: all steps done; results in benchmarks/results/gpu_*.jsonl'
+fi
