@@ -44,22 +44,24 @@ def encode_png(image: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
-def save_png(path: str | epath.PathLike, image: np.ndarray) -> str:
-  """Writes [H, W, C] uint8 `image` as a PNG at `path` (local or a URL); returns the path."""
+def _write(path: str | epath.PathLike, data: bytes) -> str:
+  """Writes `data` at `path` (local or a URL), creating its folder; returns the path."""
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_bytes(encode_png(image))
+  path.write_bytes(data)
   return str(path)
+
+
+def save_png(path: str | epath.PathLike, image: np.ndarray) -> str:
+  """Writes [H, W, C] uint8 `image` as a PNG at `path` (local or a URL); returns the path."""
+  return _write(path, encode_png(image))
 
 
 def save_figure(path: str | epath.PathLike, figure) -> str:
   """Writes a matplotlib `figure` as a PNG at `path` (local or a URL); returns the path."""
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   buffer = io.BytesIO()
   figure.savefig(buffer, format='png')
-  path.write_bytes(buffer.getvalue())
-  return str(path)
+  return _write(path, buffer.getvalue())
 
 
 def interleave_rows(originals, outputs, columns: int = PAIR_COLUMNS):

@@ -43,10 +43,11 @@ from tensorboard.util import tensor_util
 from jdiffrep import images as images_lib
 from jdiffrep import paths
 
+MetricWriter = interface.MetricWriter  # clu's interface, which every writer here implements
 _FILE_COUNTER = itertools.count()
 
 
-class EventFileWriter(interface.MetricWriter):
+class EventFileWriter(MetricWriter):
   """Writes TensorBoard event files under `logdir` (local or a URL) without TensorFlow."""
 
   def __init__(self, logdir: epath.PathLike):
@@ -65,7 +66,7 @@ class EventFileWriter(interface.MetricWriter):
     self._add_event(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
 
   @property
-  def paths(self) -> list[epath.Path]:
+  def event_files(self) -> list[epath.Path]:
     """The event files written so far."""
     return sorted(self._logdir.glob(self._prefix + '*'))
 
@@ -164,8 +165,7 @@ class EventFileWriter(interface.MetricWriter):
       self._closed = True
 
 
-def create_writer(logdir: epath.PathLike, *, just_logging: bool = False
-                  ) -> interface.MetricWriter:
+def create_writer(logdir: epath.PathLike, *, just_logging: bool = False) -> MetricWriter:
   """clu's default writer (absl logging + TensorBoard events under `logdir`), asynchronous.
 
   `just_logging`: only log (the processes other than the chief in a multi-process job).

@@ -195,7 +195,7 @@ def count_params(params) -> int:
 
 
 def _write_preview_grid(preview_fn, state: TrainState, step: int, workdir: epath.Path,
-                        writer: metric_writer.interface.MetricWriter) -> str:
+                        writer: metric_writer.MetricWriter) -> str:
   samples = pipeline.to_uint8(jax.device_get(preview_fn(state.ema_params)))
   grid = images.make_grid(samples, num_columns=8, upscale=max(1, 128 // samples.shape[1]))
   writer.write_images(step, {'samples': grid[None]})

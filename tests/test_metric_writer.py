@@ -35,8 +35,8 @@ def test_local_events_append_to_one_file_across_flushes(tmp_path):
                           'gray': rng.random((5, 4, 1))})  # float [0, 1], one image, 1 channel
   writer.close()
 
-  assert [p.name for p in writer.paths] == [n for n in os.listdir(tmp_path)]
-  assert len(writer.paths) == 1
+  assert [p.name for p in writer.event_files] == [n for n in os.listdir(tmp_path)]
+  assert len(writer.event_files) == 1
   events = _load(tmp_path)
   assert set(events.PluginTagToContent('scalars')) == {'loss', 'lr'}
   assert [(s, float(v)) for s, v in _values(events, 'loss')] == [(1, 0.5), (2, 0.25)]
