@@ -39,8 +39,13 @@ def versions() -> dict:
           'jaxlib': jaxlib.__version__, 'flax': flax.__version__, 'optax': optax.__version__}
 
 
+def cores() -> int:
+  """The CPU cores this process may run on."""
+  return len(os.sched_getaffinity(0))
+
+
 def host() -> str:
-  return f'{platform.machine()}, {len(os.sched_getaffinity(0))} cores usable'
+  return f'{platform.machine()}, {cores()} cores usable'
 
 
 def main() -> None:

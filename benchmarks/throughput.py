@@ -66,10 +66,6 @@ _START: dict = {}  # date and load average when the run began (set by main)
 # ----------------------------------------------------------------------------- shared helpers
 
 
-def _cores() -> int:
-  return len(os.sched_getaffinity(0))
-
-
 def _sig(x: float) -> float:
   """Four significant digits."""
   return float(f'{x:.4g}')
@@ -250,7 +246,7 @@ def bench_dit() -> dict:
         num_classes=NUM_CLASSES, images=batch['image'], t=batch['t'], labels=batch['label'],
         target=batch['target'], dtype=_DTYPE.value, compile_model=_PEER_COMPILE.value,
         learning_rate=optim.learning_rate, b1=optim.b1, b2=optim.b2,
-        weight_decay=optim.weight_decay, threads=_THREADS.value or _cores())
+        weight_decay=optim.weight_decay, threads=_THREADS.value or provenance.cores())
     peer.run(1)  # the first step: torch.compile's compile, allocator warm-up
     peer_first = time.perf_counter() - start
     runners['diffusers'] = peer
