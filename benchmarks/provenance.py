@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -46,6 +47,16 @@ def cores() -> int:
 
 def host() -> str:
   return f'{platform.machine()}, {cores()} cores usable'
+
+
+def append_row(row: dict, out: str) -> None:
+  """Prints `row` as one JSON line and appends it to the file `out` ('-': print only)."""
+  line = json.dumps(row)
+  print(line)
+  if out != '-':
+    os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
+    with open(out, 'a') as f:
+      f.write(line + '\n')
 
 
 def main() -> None:

@@ -115,14 +115,8 @@ def _record(bench: str, fields: dict) -> dict:
 
 def _write(record: dict) -> None:
   record['load_avg_end'] = round(os.getloadavg()[0], 2)
-  line = json.dumps(record)
-  print(line)
-  out = _OUT.value or os.path.join('benchmarks', 'results',
-                                   f'{record["platform"]}_throughput.jsonl')
-  if out != '-':
-    os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
-    with open(out, 'a') as f:
-      f.write(line + '\n')
+  provenance.append_row(record, _OUT.value or os.path.join(
+      'benchmarks', 'results', f'{record["platform"]}_throughput.jsonl'))
 
 
 def _random_batch(batch: int, resolution: int, seed: int = 0) -> dict:

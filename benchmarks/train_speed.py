@@ -8,8 +8,8 @@ from the moment it reports its compiled step (dataset preparation and compilatio
 counted), then sends SIGTERM: the trainer saves a checkpoint and exits cleanly, and its
 results.json holds images/s over the timed steps (compile and sampling left out). Appends one
 JSON line (device, date, commit, versions, command, images/s, steps) to `--out`, by default
-`benchmarks/results/<cpu|gpu|tpu>_train_speed.jsonl`. The parent never imports JAX, so on an
-accelerator the child has the device to itself.
+`benchmarks/results/<cpu|gpu|tpu>_train_speed.jsonl`. The parent imports JAX only for its
+version and never starts a backend, so on an accelerator the child has the device to itself.
 """
 
 from __future__ import annotations
@@ -117,14 +117,8 @@ def main(argv) -> None:
       'final_loss': results['final_loss'],
       'preempted_by_sigterm': results.get('preempted'),
   }
-  line = json.dumps(row)
-  print(line)
-  out = _OUT.value or os.path.join(provenance.REPO_ROOT, 'benchmarks', 'results',
-                                   f'{row["platform"]}_train_speed.jsonl')
-  if out != '-':
-    os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
-    with open(out, 'a') as f:
-      f.write(line + '\n')
+  provenance.append_row(row, _OUT.value or os.path.join(
+      provenance.REPO_ROOT, 'benchmarks', 'results', f'{row["platform"]}_train_speed.jsonl'))
 
 
 if __name__ == '__main__':
