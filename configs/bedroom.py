@@ -1,5 +1,9 @@
 """LSUN Bedroom 128x128, paper-scale DiT-B/4 denoiser, global batch 128.
 
+Both papers (ddpm, diti, pdae, sdae, evaluate) with the official encoder of 128x128 images. No
+labels: the evaluation reports reconstructions and label-free counterfactual distances
+(`config_lib.paper_scale_pipeline`).
+
 Needs LSUN Bedroom prepared once from its LMDB export (`python -m jdiffrep.prepare
 --dataset=bedroom --source=DIR`); without it the run stops before compiling and prints that command.
 """
@@ -15,14 +19,13 @@ def get_config():
   config.model.name = 'B/4'  # 1024 tokens at 128x128
   config.model.dtype = 'bfloat16'
   config.batch_size = 128
-  config.num_train_steps = 550_000
   config.sample_every_steps = 10_000
   config.checkpoint_every_steps = 5_000
   # DiTi, the paper's "balanced" Bedroom setting: d = 512, k = 64 (8 dims each), stop_grad.
-  config.pipeline = ('ddpm', 'diti', 'pdae', 'evaluate')
   config.diti.latent_dim = 512
   config.diti.num_subsets = 64
   config.diti.gradient_mode = 'stop_grad'
-  config.stage_overrides = {'diti': {'num_train_steps': 547_000},
-                            'pdae': {'num_train_steps': 547_000}}
+  # The official 128x128 encoder: five stride-2 stages to 4x4x256, attention at 16x16.
+  config.diti.encoder_channels = (64, 128, 256, 256, 256)
+  config_lib.paper_scale_pipeline(config, num_train_steps=550_000, representation_steps=547_000)
   return config

@@ -71,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.sample.num_images = 64
   config.sample.ddim_steps = 50
   config.sample.eta = 0.0
+  # Clamp the predicted x0 to [-1, 1] at every DDIM step, in sampling and in inversion alike (the
+  # official DiTi / PDAE samplers do); reconstructions and counterfactuals use it too.
+  config.sample.clip_x0 = True
 
   # DiTi / PDAE (SPEC section 3); PDAE uses one subset and ignores the partition fields.
   config.diti = ml_collections.ConfigDict()
@@ -83,6 +86,10 @@ def base_config() -> ml_collections.ConfigDict:
   # The conv encoder's one attention block follows the stage of this output side: 16 is the
   # official place at 64x64 (after the 2nd stride-2 stage); 8 is the same place at 32x32.
   config.diti.encoder_attention_resolution = 16
+  # The conv encoder's stage widths (one stride-2 stage each) and its attention heads: the
+  # official CelebA-64 encoder; FFHQ and Bedroom (128x128) use (64, 128, 256, 256, 256).
+  config.diti.encoder_channels = (64, 128, 128, 128)
+  config.diti.encoder_num_heads = 4
   config.diti.branch_depth = -1  # -1: half the DM's depth
   config.diti.condition_mode = 'add'  # or 'modulate' (z modulates around the time modulation)
   # gamma of the loss weight w_t = snr^gamma / (1 + snr) on the eps MSE: 0.1 is PDAE's and DiTi's.
@@ -113,6 +120,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.evaluate = ml_collections.ConfigDict()
   config.evaluate.batch_size = 256  # feature extraction
   config.evaluate.probe_epochs = 15
+  # Standardise features with the train statistics before the linear probes (folded into the
+  # probe, so its capacity is the same): one learning rate fits features of any scale. The
+  # official DiTi probe trains on raw z (paper_scale_pipeline turns this off).
+  config.evaluate.probe_standardize = True
   # Images of each split that the evaluation encodes (the first ones, in record order).
   config.evaluate.train_limit = ml_collections.config_dict.placeholder(int)  # None: whole split
   config.evaluate.eval_limit = ml_collections.config_dict.placeholder(int)  # validation and test
@@ -122,6 +133,10 @@ def base_config() -> ml_collections.ConfigDict:
   # (1, 0) swaps B's values in and keeps A's own noise; the official interpolation moves both.
   config.evaluate.counterfactual_alpha = 1.0
   config.evaluate.counterfactual_noise_alpha = 0.0
+  # DDIM steps of the counterfactuals' inversion and generation; None: config.sample.ddim_steps.
+  # The official evaluation inverts with 1000 and generates with 100.
+  config.evaluate.counterfactual_invert_steps = ml_collections.config_dict.placeholder(int)
+  config.evaluate.counterfactual_generate_steps = ml_collections.config_dict.placeholder(int)
   # The CNN that reads counterfactuals: on shapes 1.1.0 it reads shape at 0.984 from 8000
   # images (0.968 from 4000), every other attribute at >= 0.994.
   config.evaluate.classifier_train_images = 8000
@@ -138,6 +153,26 @@ def base_config() -> ml_collections.ConfigDict:
   # smaller ones (biases, norms) are replicated. See jdiffrep/sharding.py:fsdp_spec.
   config.mesh.fsdp_min_size = 2 ** 16
   return config
+
+
+def paper_scale_pipeline(config: ml_collections.ConfigDict, *, num_train_steps: int,
+                         representation_steps: int) -> None:
+  """Both papers on a real dataset, evaluated as the official DiTi code does (in place).
+
+  Stages ddpm, diti, pdae, sdae, evaluate; the representation stages train
+  `representation_steps`, the DM `num_train_steps`. Counterfactuals invert with 1000 DDIM steps,
+  generate with 100 and move x_T by the same slerp as z (`eval/counterfactual_generation.py`);
+  the linear probes train on raw features (`eval/multitask_classification.py`).
+  """
+  config.num_train_steps = num_train_steps
+  config.pipeline = ('ddpm', 'diti', 'pdae', 'sdae', 'evaluate')
+  config.stage_overrides = {name: {'num_train_steps': representation_steps}
+                            for name in ('diti', 'pdae', 'sdae')}
+  config.evaluate.counterfactual_invert_steps = 1000
+  config.evaluate.counterfactual_generate_steps = 100
+  config.evaluate.counterfactual_alpha = 1.0
+  config.evaluate.counterfactual_noise_alpha = 1.0
+  config.evaluate.probe_standardize = False
 
 
 def _check_choice(path: str, value, valid) -> None:

@@ -170,6 +170,24 @@ def _predict_x0(x: jax.Array, eps: jax.Array, abar: jax.Array) -> jax.Array:
   return (x - jnp.sqrt(1 - abar) * eps) / jnp.sqrt(abar)
 
 
+def _x0_and_eps(x: jax.Array, eps: jax.Array, abar: jax.Array,
+                clip_x0: bool) -> tuple[jax.Array, jax.Array]:
+  """The predicted x0 of level abar and the eps that goes with it (both [B, H, W, C]).
+
+  With clip_x0 the x0 is clamped to [-1, 1] and eps re-derived from it, as the official DiTi /
+  PDAE / guided-diffusion DDIM steps do in both directions. At abar = 1 (the clean level) x0 is
+  x itself and eps is kept.
+  """
+  x0 = _predict_x0(x, eps, abar)
+  if not clip_x0:
+    return x0, eps
+  x0 = jnp.clip(x0, -1.0, 1.0)
+  noisy = abar < 1
+  eps = jnp.where(noisy, (x - jnp.sqrt(abar) * x0) / jnp.sqrt(jnp.where(noisy, 1 - abar, 1.0)),
+                  eps)
+  return x0, eps
+
+
 def ddim_sample(
     eps_fn: EpsFn,
     schedule: Schedule,
@@ -198,10 +216,7 @@ def ddim_sample(
     i = num_steps - 1 - j
     a, a_prev = abar[i], abar_below[i]
     eps = eps_fn(x, jnp.full((batch,), ts[i], jnp.int32)).astype(jnp.float32)
-    x0_pred = _predict_x0(x, eps, a)
-    if clip_x0:  # clip, then re-derive eps from the clipped x0 (as guided-diffusion does)
-      x0_pred = jnp.clip(x0_pred, -1.0, 1.0)
-      eps = (x - jnp.sqrt(a) * x0_pred) / jnp.sqrt(1 - a)
+    x0_pred, eps = _x0_and_eps(x, eps, a, clip_x0)
     x_next = jnp.sqrt(a_prev) * x0_pred
     if eta > 0:
       sigma = eta * jnp.sqrt((1 - a_prev) / (1 - a)) * jnp.sqrt(1 - a / a_prev)
@@ -214,12 +229,15 @@ def ddim_sample(
   return jax.lax.fori_loop(0, num_steps, step, x_T.astype(jnp.float32))
 
 
-def ddim_invert(eps_fn: EpsFn, schedule: Schedule, x0: jax.Array, *, num_steps: int) -> jax.Array:
+def ddim_invert(eps_fn: EpsFn, schedule: Schedule, x0: jax.Array, *, num_steps: int,
+                clip_x0: bool = False) -> jax.Array:
   """Deterministic DDIM encoding x0 -> x_T, the reverse of `ddim_sample` with eta = 0. Jittable.
 
   Step i = 0..S-1 goes from level i-1 to level i with eps = eps_fn(x, ts[i]) (the time-step of the
   target level, as the matching sampling step uses), so sampling with the same num_steps undoes it
-  exactly when eps_fn does not depend on x. x0: [B, H, W, C]. Returns x_T [B, H, W, C] float32.
+  exactly when eps_fn does not depend on x (and, with clip_x0, no predicted x0 leaves [-1, 1]).
+  clip_x0 (static) clamps each step's predicted x0 as `ddim_sample` does. x0: [B, H, W, C].
+  Returns x_T [B, H, W, C] float32.
   """
   ts, abar, abar_below = _ddim_levels(schedule, num_steps)
   batch = x0.shape[0]
@@ -227,6 +245,7 @@ def ddim_invert(eps_fn: EpsFn, schedule: Schedule, x0: jax.Array, *, num_steps: 
   def step(i, x):
     a_next, a = abar[i], abar_below[i]
     eps = eps_fn(x, jnp.full((batch,), ts[i], jnp.int32)).astype(jnp.float32)
-    return jnp.sqrt(a_next) * _predict_x0(x, eps, a) + jnp.sqrt(1 - a_next) * eps
+    x0_pred, eps = _x0_and_eps(x, eps, a, clip_x0)
+    return jnp.sqrt(a_next) * x0_pred + jnp.sqrt(1 - a_next) * eps
 
   return jax.lax.fori_loop(0, num_steps, step, x0.astype(jnp.float32))

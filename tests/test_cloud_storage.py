@@ -113,6 +113,7 @@ def _scalar_tags(fs, directory: str, tmp_path) -> set[str]:
   return set(accumulator.PluginTagToContent('scalars'))
 
 
+@pytest.mark.slow
 def test_gs_workdir_pipeline_writes_only_to_the_bucket_and_resumes_from_it(
     gcs_server, shapes_data_dir, tmp_path):
   url, fs = gcs_server

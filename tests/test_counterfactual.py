@@ -153,12 +153,13 @@ def pairs():
   return images[:3], images[3:]
 
 
+@pytest.mark.slow
 def test_zero_branch_means_every_swap_is_the_reconstruction(tiny_diti, pairs, tmp_path):
   method, params, frozen = tiny_diti
   images_a, images_b = pairs
   groups = counterfactual.subset_groups(method.partition.num_subsets)
   result = counterfactual.counterfactuals(method, params, frozen, images_a, images_b, groups,
-                                          num_steps=4)
+                                          invert_steps=4)
   assert result['reconstruction'].shape == (3, 32, 32, 3)
   assert result['swapped'].shape == (4, 3, 32, 32, 3)
   assert np.isfinite(result['swapped']).all() and np.isfinite(result['reconstruction']).all()
@@ -180,6 +181,7 @@ def test_zero_branch_means_every_swap_is_the_reconstruction(tiny_diti, pairs, tm
   np.testing.assert_array_equal(grid[18:18 + 64, 2:2 + 64], a0)
 
 
+@pytest.mark.slow
 def test_trained_branch_carries_b_into_a_only_where_b_differs(tiny_diti, pairs):
   method, params, frozen = tiny_diti
   leaves, treedef = jax.tree.flatten(params['branch'])
@@ -190,7 +192,7 @@ def test_trained_branch_carries_b_into_a_only_where_b_differs(tiny_diti, pairs):
   images_b = np.concatenate([images_a[:1], images_b[1:]])  # pair 0: B is A itself
   groups = counterfactual.subset_groups(method.partition.num_subsets)
   result = counterfactual.counterfactuals(method, params, frozen, images_a, images_b, groups,
-                                          num_steps=4)
+                                          invert_steps=4)
   assert np.isfinite(result['swapped']).all()
   change = np.abs(result['swapped'] - result['reconstruction'][None])  # [G, N, H, W, C]
   np.testing.assert_array_equal(change[:, 0], 0.0)  # z_B = z_A: nothing to swap
@@ -203,6 +205,7 @@ class _ZeroEpsMethod:
   (up to rounding), whatever z is. z is the image's first 4 pixel values."""
   schedule = diffusion.make_schedule('linear', 1000)
   partition = timestep_features.make_partition(4, 4, 1000)
+  clip_x0 = True
 
   def encode(self, params, x0):
     del params
@@ -216,7 +219,7 @@ class _ZeroEpsMethod:
 def test_noise_alpha_moves_x_t_from_a_to_b():
   keys = jax.random.split(jax.random.PRNGKey(3), 2)
   images_a, images_b = (jax.random.uniform(k, (2, 4, 4, 3), minval=-1, maxval=1) for k in keys)
-  kwargs = dict(groups=[(0, 4)], num_steps=5)
+  kwargs = dict(groups=[(0, 4)], invert_steps=5)
   own_noise = counterfactual.counterfactuals(_ZeroEpsMethod(), None, None, images_a, images_b,
                                              **kwargs)
   np.testing.assert_allclose(own_noise['reconstruction'], images_a, atol=1e-4)
@@ -265,6 +268,7 @@ def test_attribute_change_rates_exact_fractions():
   assert list(default_names) == ['group_0', 'group_1']
 
 
+@pytest.mark.slow
 def test_attribute_classifier_reads_every_shapes_attribute():
   train_images, train_labels = _shapes_images('train', range(8000))
   test_images, test_labels = _shapes_images('test', range(1000))
@@ -279,3 +283,53 @@ def test_attribute_classifier_reads_every_shapes_attribute():
   assert {k: v.shape for k, v in predictions.items()} == {k: (5,) for k in num_classes}
   for name in num_classes:
     np.testing.assert_array_equal(predictions[name], classifier.classify(test_images)[name][:5])
+
+
+def test_pixel_distances_place_a_at_zero_and_b_at_one():
+  """The label-free reading every dataset gets (FFHQ and Bedroom have no labels)."""
+  rng = np.random.default_rng(0)
+  images_a = rng.uniform(-1, 1, (3, 4, 4, 3))
+  images_b = rng.uniform(-1, 1, (3, 4, 4, 3))
+  halfway = (images_a + images_b) / 2
+  result = {'reconstruction': images_a + 0.1,
+            'swapped': np.stack([images_a, images_b, halfway])}
+  readings = counterfactual.pixel_distances(images_a, images_b, result, ['none', 'all', 'half'])
+  assert list(readings) == ['reconstruction', 'none', 'all', 'half']
+  assert readings['none']['to_a'] == 0 and readings['none']['toward_b'] == 0
+  assert readings['all']['to_b'] == 0 and readings['all']['toward_b'] == 1
+  np.testing.assert_allclose(readings['half']['toward_b'], 0.5)
+  rms_ab = np.sqrt(((images_a - images_b) ** 2).mean(axis=(1, 2, 3))).mean()
+  np.testing.assert_allclose(readings['none']['to_b'], rms_ab)
+  np.testing.assert_allclose(readings['reconstruction']['to_a'], 0.1)
+  with pytest.raises(ValueError, match='one name per swapped group'):
+    counterfactual.pixel_distances(images_a, images_b, result, ['none'])
+
+
+@pytest.mark.slow
+def test_binary_attributes_become_two_class_reader_targets_with_their_ap():
+  """CelebA-like data (binary attributes, no categorical labels): the reader learns each
+  attribute as a 2-class head and reports its test AP."""
+  from jdiffrep.evaluate import pipeline_eval  # pylint: disable=g-import-not-at-top
+  from jdiffrep.evaluate import probe  # pylint: disable=g-import-not-at-top
+  images, labels = _shapes_images('train', range(3000))
+  # Two binary attributes of the image: a blue background, and the shape in the left half.
+  attributes = np.stack([labels['background'] == 0, labels['position'] % 2 == 0], axis=1)
+  batch = {'image': images, 'attributes': attributes, 'labels': {}}
+  targets = pipeline_eval.reader_targets(batch, ('blue', 'left'))
+  assert sorted(targets) == ['blue', 'left']
+  np.testing.assert_array_equal(targets['blue'], attributes[:, 0].astype(np.int32))
+  assert pipeline_eval.reader_targets({'image': images, 'labels': {}}, None) == {}
+  assert set(pipeline_eval.reader_targets({'image': images, 'labels': labels}, ('x',))) == set(
+      labels)
+  classifier = counterfactual.train_attribute_classifier(
+      images[:2500], {k: v[:2500] for k, v in targets.items()}, {'blue': 2, 'left': 2},
+      steps=300, seed=0)
+  probabilities = classifier.probabilities(images[2500:])
+  assert probabilities['blue'].shape == (500, 2)
+  np.testing.assert_allclose(probabilities['blue'].sum(axis=1), 1.0, rtol=1e-5)
+  np.testing.assert_array_equal(classifier.classify(images[2500:])['blue'],
+                                probabilities['blue'].argmax(axis=1))
+  ap = pipeline_eval._reader_average_precision(  # pylint: disable=protected-access
+      classifier, images[2500:], {k: v[2500:] for k, v in targets.items()})
+  assert ap['blue'] == probe.average_precision(probabilities['blue'][:, 1], targets['blue'][2500:])
+  assert ap['blue'] > 0.9, ap

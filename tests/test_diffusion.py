@@ -213,6 +213,53 @@ def test_ddim_sample_clip_x0_bounds_output(schedule):
   assert float(jnp.abs(clipped).max()) <= 1.0
 
 
+def _numpy_ddim_reference(x, eps_of, levels, *, clip):
+  """Float64 DDIM in the official form (DiTi's model/diffusion/ddim.py), written from its formulas.
+
+  x0 = sqrt(1/a) x - sqrt(1/a - 1) eps, clamped to [-1, 1]; eps' = (sqrt(1/a) x - x0) /
+  sqrt(1/a - 1); next x = sqrt(a') x0 + sqrt(1 - a') eps'. `levels` lists (t of eps, a, a') per
+  step; a = 1 (the clean level) keeps eps as it is.
+  """
+  for t, a, a_next in levels:
+    eps = eps_of(x, t)
+    if a < 1:
+      x0 = np.sqrt(1 / a) * x - np.sqrt(1 / a - 1) * eps
+      if clip:
+        x0 = np.clip(x0, -1, 1)
+        eps = (np.sqrt(1 / a) * x - x0) / np.sqrt(1 / a - 1)
+    else:
+      x0 = x
+    x = np.sqrt(a_next) * x0 + np.sqrt(1 - a_next) * eps
+  return x
+
+
+@pytest.mark.parametrize('direction', ['sample', 'invert'])
+def test_clipped_ddim_matches_float64_reference_and_differs_from_unclipped(schedule, direction):
+  """Clamping x0 at every step, both ways, as the official samplers do (issue 16, item 3)."""
+  num_steps = 10
+  ts = ddim_timesteps(T, num_steps)
+  abar = np.asarray(schedule.alphas_cumprod, np.float64)
+  # eps that pushes the predicted x0 well outside [-1, 1] at every level.
+  eps_of = lambda x, t: 1.2 + np.sin(3 * x) * (1 + t / 1000)
+  jax_eps = lambda x, t: 1.2 + jnp.sin(3 * x) * (1 + t[:, None, None, None] / 1000)
+  if direction == 'sample':
+    start = np.asarray(jax.random.normal(jax.random.key(0), (3, 4, 4, 2)))
+    below = np.r_[1.0, abar[ts][:-1]]
+    levels = [(ts[i], abar[ts[i]], below[i]) for i in reversed(range(num_steps))]
+    run = lambda clip: ddim_sample(jax_eps, schedule, jnp.asarray(start), num_steps=num_steps,
+                                   clip_x0=clip)
+  else:
+    start = np.asarray(jax.random.uniform(jax.random.key(0), (3, 4, 4, 2), minval=-1, maxval=1))
+    below = np.r_[1.0, abar[ts][:-1]]
+    levels = [(ts[i], below[i], abar[ts[i]]) for i in range(num_steps)]
+    run = lambda clip: ddim_invert(jax_eps, schedule, jnp.asarray(start), num_steps=num_steps,
+                                   clip_x0=clip)
+  clipped, free = np.asarray(jax.jit(lambda: run(True))()), np.asarray(jax.jit(lambda: run(False))())
+  reference = _numpy_ddim_reference(start.astype(np.float64), eps_of, levels, clip=True)
+  np.testing.assert_allclose(clipped, reference, rtol=1e-4, atol=1e-4)
+  assert np.abs(clipped - free).max() > 0.1
+
+
 # ----------------------------------------------------------------------------- DDIM inversion
 
 
@@ -238,6 +285,7 @@ def test_inversion_roundtrip_with_gaussian_optimal_predictor(schedule):
   assert errors[100] < 0.7 * errors[50]
 
 
+@pytest.mark.slow
 def test_inversion_roundtrip_with_random_dit(schedule):
   model = DiT(depth=2, hidden_size=64, num_heads=2, patch_size=2)
   x0 = jnp.clip(0.5 * jax.random.normal(jax.random.key(4), (2, 16, 16, 3)), -1, 1)

@@ -61,6 +61,7 @@ def test_output_shape_per_patch_size(patch_size):
   assert out.shape == (2, 16, 16, 3) and out.dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_non_square_input_and_out_channels():
   model = DiT(patch_size=4, out_channels=6, **TINY)
   x, t = images((2, 16, 24, 3)), jnp.array([5, 10])

@@ -55,6 +55,7 @@ def test_shift_coefficient_and_weight_match_the_official_values():
     np.testing.assert_allclose(s[t], want, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_branch_starts_at_zero_so_the_prediction_is_the_frozen_dm(diti_config, run_root):
   method = _method(diti_config, os.path.join(run_root, 'diti'))
   params = method.init_params(jax.random.PRNGKey(0))
@@ -75,6 +76,7 @@ def test_branch_starts_at_zero_so_the_prediction_is_the_frozen_dm(diti_config, r
       params, frozen, images, num_steps=method.reconstruction_steps), -1, 1), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_frozen_dm_never_changes_and_is_not_optimised(diti_config, run_root):
   method = _method(diti_config, os.path.join(run_root, 'diti'))
   tx, lr = train.make_optimizer(diti_config.optim)
@@ -102,6 +104,7 @@ def test_frozen_dm_never_changes_and_is_not_optimised(diti_config, run_root):
 
 
 @pytest.mark.parametrize('gradient_mode', ['base', 'stop_grad'])
+@pytest.mark.slow
 def test_loss_falls_and_the_encoder_learns(diti_config, run_root, gradient_mode):
   diti_config.diti.gradient_mode = gradient_mode
   method = _method(diti_config, os.path.join(run_root, 'diti'))
@@ -128,6 +131,7 @@ def test_loss_falls_and_the_encoder_learns(diti_config, run_root, gradient_mode)
 
 
 @pytest.mark.parametrize('gamma', [0.1, -1.0])
+@pytest.mark.slow
 def test_loss_is_the_eps_error_weighted_by_snr_to_the_gamma(diti_config, run_root, gamma):
   diti_config.diti.loss_weight_gamma = gamma
   method = _method(diti_config, os.path.join(run_root, 'diti'))
@@ -183,6 +187,7 @@ def test_missing_dm_checkpoint_says_what_to_do(diti_config, tmp_path):
     method.load_frozen()
 
 
+@pytest.mark.slow
 def test_dm_that_predicts_something_else_is_rejected(diti_config, run_root):
   with open(os.path.join(run_root, 'ddpm', 'config.json')) as f:
     trained_as = json.load(f)['diffusion']['prediction']
@@ -192,6 +197,7 @@ def test_dm_that_predicts_something_else_is_rejected(diti_config, run_root):
     method.load_frozen()
 
 
+@pytest.mark.slow
 def test_dm_checkpoint_of_another_model_is_rejected(diti_config, run_root):
   diti_config.model.name = 'XXS/4'  # the DM was trained as XXS/8
   method = _method(diti_config, os.path.join(run_root, 'diti'))
@@ -199,6 +205,7 @@ def test_dm_checkpoint_of_another_model_is_rejected(diti_config, run_root):
     method.load_frozen()
 
 
+@pytest.mark.slow
 def test_pipeline_runs_every_stage_and_reuses_finished_ones(diti_config, tmp_path):
   diti_config.pipeline = ('ddpm', 'diti', 'pdae', 'sdae', 'evaluate')
   diti_config.sdae.latent_dim = 16
@@ -221,7 +228,16 @@ def test_pipeline_runs_every_stage_and_reuses_finished_ones(diti_config, tmp_pat
   for stage in ('ddpm', 'diti', 'pdae', 'sdae', 'evaluate'):
     assert os.path.exists(os.path.join(workdir, stage, 'results.json'))
   evaluation = stages['evaluate']
-  assert set(evaluation['attribute_probe']) == {'pixels', 'diti', 'pdae'}
+  # Every representation gets the attribute probe; sdae and the DM at each t of their sweeps.
+  assert set(evaluation['attribute_probe']) == {'pixels', 'diti', 'pdae', 'sdae_t0', 'sdae_t100',
+                                                'sdae_mean_t', 'dm_t0', 'dm_t100'}
+  attribute_summary = evaluation['attribute_probe_summary']
+  for family in ('sdae', 'dm'):
+    chosen = attribute_summary[f'{family}_best_t']
+    assert chosen['validation_mean_ap'] == max(
+        evaluation['attribute_probe'][f'{family}_t{t}']['validation_mean_ap'] for t in (0, 100))
+    assert chosen['test_mean_ap'] == evaluation['attribute_probe'][
+        f"{family}_t{chosen['t']}"]['test_mean_ap']
   assert evaluation['num_examples'] == {'train': 512, 'validation': 48, 'test': 48}
   for probe_result in evaluation['attribute_probe'].values():
     assert 0.0 < probe_result['test_mean_ap'] <= 1.0
@@ -245,10 +261,13 @@ def test_pipeline_runs_every_stage_and_reuses_finished_ones(diti_config, tmp_pat
     assert 0.0 < reading['linear']['mean'] <= 1.0 and 0.0 < reading['knn']['mean'] <= 1.0
   summary = evaluation['categorical_probe_summary']
   assert summary['sdae_best_t']['t'] in (0, 100) and summary['dm_best_t']['t'] in (0, 100)
-  assert summary['sdae_best_t']['linear'] == max(categorical['sdae_t0']['linear']['mean'],
-                                                 categorical['sdae_t100']['linear']['mean'])
+  assert summary['sdae_best_t']['validation'] == max(
+      categorical['sdae_t0']['linear']['validation'],
+      categorical['sdae_t100']['linear']['validation'])
+  assert summary['sdae_best_t']['linear'] == categorical[
+      f"sdae_t{summary['sdae_best_t']['t']}"]['linear']['mean']
   for name in ('timestep_probe.png', 'counterfactuals.png', 'reconstruction_diti.png',
-               'accuracy_vs_t.png'):
+               'accuracy_vs_t.png', 'attribute_ap_vs_t.png'):
     assert os.path.getsize(os.path.join(workdir, 'evaluate', name)) > 0
   assert os.path.exists(os.path.join(workdir, 'results.json'))
   # The same command again: training stages are finished, so each returns its saved results.

@@ -49,6 +49,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.slow
 def test_sharded_steps_match_one_device(shapes_data_dir, tmp_path):
   """DM, DiTi and sdae steps: 8-way data parallel and 2x4 data x fsdp == one device."""
   proc = subprocess.run(
@@ -99,6 +100,7 @@ def _final_state(workdir, config):
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.slow
 def test_two_processes_train_like_one_process(shapes_data_dir, tmp_path):
   """2 processes x 2 CPU devices (gloo, coordinator on 127.0.0.1) == 1 process x 4 devices."""
   shared, single = tmp_path / 'two_processes', tmp_path / 'one_process'
@@ -145,6 +147,7 @@ def _reported_bytes(name, output):
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow
 def test_compile_only_reports_params_memory_and_flops(shapes_data_dir, tmp_path):
   """--compile_only compiles each training stage (DiTi needs no DM checkpoint), trains nothing."""
   workdir = tmp_path / 'run'

@@ -103,6 +103,7 @@ def _assert_iterator_in_step(checkpoint_dir: str):
     assert int(state['step']) == step and next_index == step, (step, next_index)
 
 
+@pytest.mark.slow
 def test_sigterm_then_sigkill_then_restart_is_bit_identical(shapes_data_dir, tmp_path):
   """SIGTERM after a checkpoint, SIGKILL mid-run, the same command again == one run."""
   reference, interrupted = str(tmp_path / 'reference'), str(tmp_path / 'interrupted')
@@ -180,6 +181,7 @@ def finished_run(shapes_data_dir, tmp_path_factory):
   return config, workdir
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_naming_the_step_and_saves_nothing_after_it(finished_run,
                                                                         tmp_path):
   """8 good steps, then a learning rate of 1e30: step 9's update is ~1e30 per weight, so
@@ -225,6 +227,7 @@ def _flip_bytes(path: str):
     f.write(bytes(b ^ 0xFF for b in data))
 
 
+@pytest.mark.slow
 def test_truncated_newest_checkpoint_is_reported_and_the_run_resumes_from_the_previous(
     finished_run, tmp_path, caplog):
   config, workdir = finished_run
@@ -242,6 +245,7 @@ def test_truncated_newest_checkpoint_is_reported_and_the_run_resumes_from_the_pr
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_damaged_bytes_fail_the_fingerprint_and_the_previous_checkpoint_is_used(
     finished_run, tmp_path, caplog):
   """Inverted bytes restore without error in orbax; only the fingerprint catches them."""
@@ -267,6 +271,7 @@ def test_damaged_bytes_fail_the_fingerprint_and_the_previous_checkpoint_is_used(
   assert any('Checkpoint of step 8' in w and 'fingerprint' in w for w in warnings), warnings
 
 
+@pytest.mark.slow
 def test_no_readable_checkpoint_is_an_error_that_moves_nothing(finished_run, tmp_path):
   config, workdir = finished_run
   damaged = _damaged_copy(workdir, str(tmp_path / 'run'), _truncate)

@@ -493,6 +493,7 @@ def test_command_line_prepares_and_prints_the_summary(tmp_path):
   ).exists()
 
 
+@pytest.mark.slow
 def test_trainer_runs_on_a_prepared_dataset(celeba, tmp_path, tiny_config):
   """The trainer reads a prepared real dataset (64x64, attributes) exactly as it reads shapes."""
   _, data_dir, _ = celeba

@@ -41,6 +41,7 @@ def _images(seed=0, n=4):
   return jax.random.uniform(jax.random.PRNGKey(seed), (n, 32, 32, 3), minval=-1.0, maxval=1.0)
 
 
+@pytest.mark.slow
 def test_encoder_gives_unit_vectors_that_depend_on_the_image():
   encoder = sdae_model.TimestepEncoder(depth=1, hidden_size=32, num_heads=2, patch_size=8,
                                        latent_dim=8)
@@ -68,6 +69,7 @@ def test_parameters_are_encoder_projection_and_a_plain_dit(tiny_config):
       params['denoiser']['x_embedder']['proj']['kernel'].shape)
 
 
+@pytest.mark.slow
 def test_joint_training_lowers_the_loss_and_trains_both_networks(tiny_config):
   tiny_config.optim.learning_rate = 2e-3
   method = _method(tiny_config)
@@ -93,6 +95,7 @@ def test_joint_training_lowers_the_loss_and_trains_both_networks(tiny_config):
   assert float(sum(jnp.abs(g).sum() for g in jax.tree.leaves(grads['encoder']))) > 0
 
 
+@pytest.mark.slow
 def test_the_consistency_term_is_one_minus_cosine_of_neighbouring_embeddings(tiny_config):
   a = jnp.array([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]])
   b = jnp.array([[2.0, 0.0], [1.0, 0.0], [-3.0, -4.0]])
@@ -110,6 +113,7 @@ def test_the_consistency_term_is_one_minus_cosine_of_neighbouring_embeddings(tin
   np.testing.assert_allclose(plain_loss, metrics['denoising_loss'], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_embeddings_read_x_t_or_x_0(tiny_config):
   x0 = _images(n=2)
   on_chain = _method(tiny_config, encoder_input='x_t')
@@ -129,6 +133,7 @@ def test_embeddings_read_x_t_or_x_0(tiny_config):
                                 clean.embed(params, x0, 300, key_b))
 
 
+@pytest.mark.slow
 def test_pdae_loss_weight_is_the_weighted_eps_error_of_the_prediction(tiny_config):
   config = tiny_config.copy_and_resolve_references()
   config.diffusion.prediction = 'x0'
@@ -168,6 +173,7 @@ def test_bad_sdae_config_names_the_field(tiny_config):
     _method(tiny_config, consistency_weight=-1.0)
 
 
+@pytest.mark.slow
 def test_warm_started_denoiser_is_the_dm_and_the_encoder_stays_random(tiny_config, dm_root):
   method = _method(tiny_config, os.path.join(dm_root, 'sdae'), denoiser_init='dm')
   assert method.dm_workdir == os.path.join(dm_root, 'ddpm')
@@ -196,6 +202,7 @@ def test_warm_started_denoiser_is_the_dm_and_the_encoder_stays_random(tiny_confi
     train.warm_start(fresh, {'branch': {}}, jax.tree.map(lambda x: x.sharding, fresh))
 
 
+@pytest.mark.slow
 def test_trainer_warm_starts_once_and_resumes_from_its_checkpoint(tiny_config, dm_root):
   tiny_config.method = 'sdae'
   tiny_config.sdae.latent_dim = 16
@@ -220,6 +227,7 @@ def test_trainer_warm_starts_once_and_resumes_from_its_checkpoint(tiny_config, d
              zip(jax.tree.leaves(moved['denoiser']), jax.tree.leaves(warm))) > 0
 
 
+@pytest.mark.slow
 def test_warm_start_errors_say_what_to_do(tiny_config, dm_root, tmp_path):
   with pytest.raises(FileNotFoundError, match='config.sdae.dm_workdir'):
     _method(tiny_config, str(tmp_path / 'sdae'), denoiser_init='dm').warm_start_params()
@@ -232,17 +240,27 @@ def test_warm_start_errors_say_what_to_do(tiny_config, dm_root, tmp_path):
     _method(tiny_config, denoiser_init='pretrained')
 
 
-def test_sweep_features_and_summary():
+def test_sweep_summary_chooses_t_on_validation_not_test():
+  """Test accuracy peaks at t = 100, validation at t = 25: the summary reports t = 25 (issue 16)."""
+  linear = lambda test, validation: {'mean': test, 'validation': validation}
   results = {
-      'sdae_t0': {'linear': {'mean': 0.7}, 'knn': {'mean': 0.6}},
-      'sdae_t100': {'linear': {'mean': 0.9}, 'knn': {'mean': 0.8}},
-      'sdae_t25': {'linear': {'mean': 0.8}, 'knn': {'mean': 0.85}},
-      'dm_t0': {'linear': {'mean': 0.5}, 'knn': {'mean': 0.4}},
-      'pixels': {'linear': {'mean': 0.75}, 'knn': {'mean': 0.7}},
+      'sdae_t0': {'linear': linear(0.7, 0.70), 'knn': {'mean': 0.6}},
+      'sdae_t100': {'linear': linear(0.9, 0.80), 'knn': {'mean': 0.8}},
+      'sdae_t25': {'linear': linear(0.8, 0.85), 'knn': {'mean': 0.85}},
+      'dm_t0': {'linear': linear(0.5, 0.6), 'knn': {'mean': 0.4}},
+      'dm_t10': {'linear': linear(0.5, 0.6), 'knn': {'mean': 0.4}},
+      'pixels': {'linear': linear(0.75, 0.7), 'knn': {'mean': 0.7}},
   }
   assert embedding_probe.sweep_curve(results, 'sdae') == [(0, 0.7), (25, 0.8), (100, 0.9)]
   assert embedding_probe.sweep_curve(results, 'sdae', 'knn') == [(0, 0.6), (25, 0.85), (100, 0.8)]
   summary = embedding_probe.summarize(results)
-  assert summary['sdae_best_t'] == {'t': 100, 'linear': 0.9, 'knn': 0.8}
-  assert summary['dm_best_t']['t'] == 0
-  assert summary['pixels'] == {'linear': 0.75, 'knn': 0.7}
+  assert summary['sdae_best_t'] == {'t': 25, 'validation': 0.85, 'linear': 0.8, 'knn': 0.85}
+  assert summary['dm_best_t']['t'] == 0  # ties go to the smaller t
+  assert summary['pixels'] == {'validation': 0.7, 'linear': 0.75, 'knn': 0.7}
+  attribute = {'sdae_t0': {'test_mean_ap': 0.9, 'validation_mean_ap': 0.6},
+               'sdae_t50': {'test_mean_ap': 0.7, 'validation_mean_ap': 0.8},
+               'pixels': {'test_mean_ap': 0.8, 'validation_mean_ap': 0.8}}
+  attribute_summary = embedding_probe.summarize_attribute_probe(attribute)
+  assert attribute_summary['sdae_best_t'] == {'t': 50, 'validation_mean_ap': 0.8,
+                                              'test_mean_ap': 0.7}
+  assert attribute_summary['pixels'] == {'validation_mean_ap': 0.8, 'test_mean_ap': 0.8}

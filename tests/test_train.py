@@ -34,6 +34,7 @@ def _params_of_run(workdir):
   return step, jax.tree.map(np.asarray, restored.state['params'])
 
 
+@pytest.mark.slow
 def test_loss_falls_on_shapes(tiny_config):
   """40 AdamW steps on real shapes batches cut the eps loss of a fixed held-out batch."""
   config = tiny_config
@@ -58,6 +59,7 @@ def test_loss_falls_on_shapes(tiny_config):
   assert after < 0.8 * before, (before, after)
 
 
+@pytest.mark.slow
 def test_ema_follows_params(tiny_config):
   method = methods.make_method(tiny_config, (32, 32, 3))
   tx, lr = train.make_optimizer(tiny_config.optim)
@@ -69,6 +71,7 @@ def test_ema_follows_params(tiny_config):
     np.testing.assert_allclose(ema, 0.75 * p_old + 0.25 * p_new, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_run_writes_results_samples_and_checkpoints(tiny_config, tmp_path):
   results = train.train_and_evaluate(tiny_config, str(tmp_path))
   on_disk = json.loads((tmp_path / 'results.json').read_text())
@@ -101,6 +104,7 @@ def test_run_writes_results_samples_and_checkpoints(tiny_config, tmp_path):
   assert session.hparams['method'].string_value == 'ddpm'
 
 
+@pytest.mark.slow
 def test_resumed_run_is_bit_identical_to_uninterrupted(tiny_config, tmp_path):
   """8 steps in one go == 4 steps, stop, same command for 8 steps (resumes at 4)."""
   whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
@@ -136,6 +140,7 @@ def test_checkpoint_restores_state_and_the_next_batch(tiny_config, tmp_path):
   np.testing.assert_array_equal(next(fresh_it)['image'], expected_batch)
 
 
+@pytest.mark.slow
 def test_cli_runs_with_overrides(shapes_data_dir, tmp_path):
   workdir = tmp_path / 'run'
   cmd = [sys.executable, '-m', 'jdiffrep.main', '--config=configs/shapes.py:ddpm',

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import sysconfig
 
+import pytest
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Heavy distributions of this environment that the "image" already has, with their own
 # dependencies (as a real image has them); everything else must come from the wheelhouse.
@@ -48,6 +50,7 @@ def _link_distributions(names, view_dir) -> None:
         (view_dir / top).symlink_to(os.path.join(site, top))
 
 
+@pytest.mark.slow
 def test_wheelhouse_installs_jdiffrep_offline_into_a_fresh_venv(tmp_path):
   preinstalled = _with_dependencies(HEAVY)
   wheelhouse = tmp_path / 'wheelhouse'

@@ -7,8 +7,10 @@ step of inversion and generation. If the representation is disentangled over tim
 attributes that the group's steps decide change (coarse ones at late t, fine ones at early t).
 
 `attribute_change_rates` measures that with `train_attribute_classifier`, a small CNN trained on
-the dataset's categorical attributes: for each group and attribute, how often the counterfactual
-takes B's value and how often it keeps A's.
+the dataset's categorical attributes (or its binary attributes, each read as a 2-class head): for
+each group and attribute, how often the counterfactual takes B's value and how often it keeps A's.
+`pixel_distances` is the label-free reading every dataset gets: how far each counterfactual lies
+from A and from B.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from jdiffrep.data import pipeline
 Group = tuple[int, int]  # subsets [start, end)
 # images [N, H, W, C] in [-1, 1] -> {attribute name: predicted class index [N] int}
 ClassifyFn = Callable[[np.ndarray], dict[str, np.ndarray]]
+# images [N, H, W, C] in [-1, 1] -> {attribute name: class probabilities [N, K] float}
+ProbabilitiesFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 # The official DiTi counterfactual groups for k = 64 subsets (SPEC section 5).
 OFFICIAL_GROUPS_K64: tuple[Group, ...] = ((2, 6), (16, 24), (24, 32), (32, 64))
@@ -132,24 +136,28 @@ def slerp(x: jax.Array, y: jax.Array, alpha: float) -> jax.Array:
 # Counterfactuals.
 # -------------------------------------------------------------------------------------------------
 
-def _jitted_ddim(method, num_steps: int):
+def _jitted_ddim(method, invert_steps: int, generate_steps: int):
   """(invert, decode), each (params, frozen, z [B, d], x [B, H, W, C]) -> [B, H, W, C], jitted.
 
   z is masked by m(t) at every step (DiTi.conditioned_eps_fn); each compiles once per shape.
+  Both clamp the predicted x0 when the method does (`method.clip_x0`).
   """
   def invert(params, frozen, z, x0):
     eps_fn = method.conditioned_eps_fn(params, frozen, z)
-    return diffusion.ddim_invert(eps_fn, method.schedule, x0, num_steps=num_steps)
+    return diffusion.ddim_invert(eps_fn, method.schedule, x0, num_steps=invert_steps,
+                                 clip_x0=method.clip_x0)
 
   def decode(params, frozen, z, x_T):
     eps_fn = method.conditioned_eps_fn(params, frozen, z)
-    return diffusion.ddim_sample(eps_fn, method.schedule, x_T, num_steps=num_steps)
+    return diffusion.ddim_sample(eps_fn, method.schedule, x_T, num_steps=generate_steps,
+                                 clip_x0=method.clip_x0)
 
   return jax.jit(invert), jax.jit(decode)
 
 
 def counterfactuals(method, params, frozen, images_a: jax.Array, images_b: jax.Array,
-                    groups: Sequence[Group], *, num_steps: int, alpha: float = 1.0,
+                    groups: Sequence[Group], *, invert_steps: int,
+                    generate_steps: int | None = None, alpha: float = 1.0,
                     noise_alpha: float = 0.0) -> dict:
   """A's reconstruction and, per group, A decoded with that group of z taken from B.
 
@@ -158,7 +166,9 @@ def counterfactuals(method, params, frozen, images_a: jax.Array, images_b: jax.A
     params, frozen: its trained params and the frozen DM's.
     images_a, images_b: [N, H, W, C] in [-1, 1], paired row by row.
     groups: subset ranges [start, end), e.g. from `subset_groups`.
-    num_steps: DDIM steps, for inversion and generation alike.
+    invert_steps: DDIM steps of the inversion x0 -> x_T (official: 1000).
+    generate_steps: DDIM steps of every decode x_T -> x0 (official: 100); None: invert_steps,
+      which makes the reconstruction the exact inverse where the decoder is.
     alpha: the swapped dims are lerp(z_A, z_B, alpha); 1 takes B's values.
     noise_alpha: x_T = slerp(x_T^A, x_T^B, noise_alpha) (the official interpolation also moves
       the noise); 0, the default, decodes from A's own x_T^A and skips inverting B.
@@ -172,7 +182,7 @@ def counterfactuals(method, params, frozen, images_a: jax.Array, images_b: jax.A
   if images_a.shape != images_b.shape:
     raise ValueError(f'images_a and images_b must be pairs of the same shape; got '
                      f'{images_a.shape} and {images_b.shape}.')
-  invert, decode = _jitted_ddim(method, num_steps)
+  invert, decode = _jitted_ddim(method, invert_steps, generate_steps or invert_steps)
   encode = jax.jit(method.encode)
   z_a, z_b = encode(params, images_a), encode(params, images_b)
   x_T = invert(params, frozen, z_a, images_a)
@@ -261,6 +271,32 @@ def attribute_change_rates(classify: ClassifyFn, images_a, images_b, result: dic
   return rates
 
 
+def pixel_distances(images_a, images_b, result: dict,
+                    group_names: Sequence[str] | None = None) -> dict:
+  """Label-free reading of each swapped group: how far its counterfactuals lie from A and B.
+
+  Distances are per-image RMS pixel differences (images in [-1, 1]), averaged over the pairs.
+  Returns {group name: {'to_a', 'to_b', 'toward_b'}}, toward_b = mean of to_a / (to_a + to_b)
+  per pair: 0 is A itself, 1 is B itself; a group that moves nothing stays near 0. The row
+  'reconstruction' (A decoded with its own z) gives the floor that decoding alone costs.
+  """
+  images_a, images_b = np.asarray(images_a, np.float64), np.asarray(images_b, np.float64)
+  swapped = np.asarray(result['swapped'], np.float64)
+  names = list(group_names) if group_names is not None else [
+      f'group_{g}' for g in range(swapped.shape[0])]
+  if len(names) != swapped.shape[0]:
+    raise ValueError(f'Need one name per swapped group ({swapped.shape[0]}); got {names}.')
+  rms = lambda x, y: np.sqrt(np.mean((x - y) ** 2, axis=tuple(range(1, x.ndim))))
+  readings = {}
+  for name, images in [('reconstruction', np.asarray(result['reconstruction'], np.float64)),
+                       *zip(names, swapped)]:
+    to_a, to_b = rms(images, images_a), rms(images, images_b)
+    toward_b = to_a / np.maximum(to_a + to_b, 1e-12)
+    readings[name] = {'to_a': float(to_a.mean()), 'to_b': float(to_b.mean()),
+                      'toward_b': float(toward_b.mean())}
+  return readings
+
+
 def _change_rate(a: np.ndarray, b: np.ndarray, swapped: np.ndarray) -> dict:
   """Among pairs with a != b (class indices [N]): fractions where swapped == b, swapped == a."""
   differ = a != b
@@ -293,10 +329,12 @@ class AttributeCNN(nn.Module):
 
 
 class TrainedClassifier(NamedTuple):
-  """`classify(images [N, H, W, C] in [-1, 1]) -> {attribute: class index [N]}`, and its test
-  accuracy per attribute (None when no test data was given)."""
+  """`classify(images [N, H, W, C] in [-1, 1]) -> {attribute: class index [N]}`, the class
+  probabilities behind it, and its test accuracy per attribute (None when no test data was
+  given)."""
   classify: ClassifyFn
   test_accuracy: dict[str, float] | None
+  probabilities: ProbabilitiesFn | None = None
 
 
 def _classifier_loss(model: AttributeCNN, params, images, labels: dict) -> jax.Array:
@@ -324,12 +362,13 @@ def _make_train_step(model: AttributeCNN, optimizer: optax.GradientTransformatio
   return train_step
 
 
-def _batched_classify(model: AttributeCNN, params, batch_size: int = 256) -> ClassifyFn:
-  """Predicts in fixed-size, zero-padded batches, so the jitted core compiles once."""
-  predict = jax.jit(lambda x: {name: jnp.argmax(logits, axis=-1)
+def _batched_probabilities(model: AttributeCNN, params, batch_size: int = 256
+                           ) -> ProbabilitiesFn:
+  """Class probabilities in fixed-size, zero-padded batches, so the jitted core compiles once."""
+  predict = jax.jit(lambda x: {name: jax.nn.softmax(logits, axis=-1)
                                for name, logits in model.apply({'params': params}, x).items()})
 
-  def classify(images) -> dict[str, np.ndarray]:
+  def probabilities(images) -> dict[str, np.ndarray]:
     images = np.asarray(images, np.float32)
     outputs = []
     for start in range(0, images.shape[0], batch_size):
@@ -340,7 +379,7 @@ def _batched_classify(model: AttributeCNN, params, batch_size: int = 256) -> Cla
       outputs.append({k: np.asarray(v)[:count] for k, v in predict(padded).items()})
     return {name: np.concatenate([o[name] for o in outputs]) for name in model.num_classes}
 
-  return classify
+  return probabilities
 
 
 def classifier_accuracy(classify: ClassifyFn, images, labels: Mapping[str, np.ndarray]
@@ -388,7 +427,9 @@ def train_attribute_classifier(train_images, train_labels: Mapping[str, np.ndarr
                                          jax.random.fold_in(train_key, step))
   logging.info('Attribute classifier: %d steps in %.1fs, final batch loss %.4f.', steps,
                time.time() - start, float(loss))
-  classify = _batched_classify(model, params)
+  probabilities = _batched_probabilities(model, params)
+  classify = lambda images: {name: p.argmax(axis=-1) for name, p in probabilities(images).items()}
   test_accuracy = (None if test_images is None else
                    classifier_accuracy(classify, test_images, test_labels))
-  return TrainedClassifier(classify=classify, test_accuracy=test_accuracy)
+  return TrainedClassifier(classify=classify, test_accuracy=test_accuracy,
+                           probabilities=probabilities)

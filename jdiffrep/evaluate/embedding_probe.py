@@ -65,7 +65,7 @@ def label_matrix(labels: Mapping[str, np.ndarray]) -> tuple[list[str], np.ndarra
 
 
 def probe_features(feature_sets: Mapping[str, dict], names: Sequence[str], *, epochs: int,
-                   seed: int, knn_k: int) -> dict:
+                   seed: int, knn_k: int, standardize: bool = True) -> dict:
   """Linear probe and kNN of every named feature set on the categorical labels.
 
   feature_sets: {split: {'features': {name: [N, D]}, 'labels': {attribute: [N] int}}} for the
@@ -81,11 +81,12 @@ def probe_features(feature_sets: Mapping[str, dict], names: Sequence[str], *, ep
     x = {s: feature_sets[s]['features'][name] for s in SPLITS}
     linear = probe.train_categorical_probe(
         x['train'], y['train'], x['validation'], y['validation'], x['test'], y['test'],
-        num_classes=num_classes, epochs=epochs, seed=seed)
+        num_classes=num_classes, epochs=epochs, seed=seed, standardize=standardize)
     knn = probe.knn_attribute_accuracy(x['train'], y['train'], x['test'], y['test'],
                                        num_classes=num_classes, k=knn_k)
     results[name] = {
         'linear': {'mean': float(linear.test_metric), 'best_epoch': int(linear.best_epoch),
+                   'validation': float(linear.validation_metrics[linear.best_epoch]),
                    'per_attribute': dict(zip(attributes, map(float, linear.test_per_label)))},
         'knn': {'mean': float(knn.mean()), 'per_attribute': dict(zip(attributes, map(float, knn)))},
     }
@@ -94,34 +95,72 @@ def probe_features(feature_sets: Mapping[str, dict], names: Sequence[str], *, ep
   return results
 
 
+def _sweep_rows(results: Mapping[str, dict], family: str) -> list[tuple[int, dict]]:
+  """[(t, results['{family}_t{t}'])] sorted by t."""
+  return sorted(((int(m.group(2)), row) for name, row in results.items()
+                 if (m := _SWEEP_NAME.match(name)) and m.group(1) == family),
+                key=lambda point: point[0])
+
+
 def sweep_curve(results: Mapping[str, dict], family: str, reading: str = 'linear'):
-  """[(t, mean accuracy)] of the '{family}_t{t}' feature sets, sorted by t."""
-  points = []
-  for name, result in results.items():
-    match = _SWEEP_NAME.match(name)
-    if match and match.group(1) == family:
-      points.append((int(match.group(2)), result[reading]['mean']))
-  return sorted(points)
+  """[(t, mean test score)] of the '{family}_t{t}' feature sets that have `reading`, by t."""
+  return [(t, row[reading]['mean']) for t, row in _sweep_rows(results, family) if reading in row]
 
 
-def summarize(results: Mapping[str, dict]) -> dict:
-  """Best t of each sweep (by linear-probe test accuracy) and the fixed baselines, side by side."""
+def best_t_by_validation(validation_curve: Sequence[tuple[int, float]]) -> int:
+  """The t of the highest validation score (the smallest such t on ties).
+
+  Test scores never choose: a sweep's best t picked on test would report the maximum of several
+  noisy test estimates, an optimistic number.
+  """
+  return max(validation_curve, key=lambda point: (point[1], -point[0]))[0]
+
+
+def _summarize(results: Mapping[str, dict], scores, validation) -> dict:
+  """Each sweep at its t chosen by `validation(row)`, and the fixed representations: `scores(row)`."""
   summary = {}
   for family in ('sdae', 'dm'):
-    curve = sweep_curve(results, family)
+    curve = [(t, validation(row)) for t, row in _sweep_rows(results, family)]
     if curve:
-      best_t, best = max(curve, key=lambda point: point[1])
-      summary[f'{family}_best_t'] = {'t': best_t, 'linear': best,
-                                     'knn': results[f'{family}_t{best_t}']['knn']['mean']}
+      best_t = best_t_by_validation(curve)
+      summary[f'{family}_best_t'] = {'t': best_t, **scores(results[f'{family}_t{best_t}'])}
   for name in (SDAE_MEAN, 'pixels', 'diti', 'pdae'):
     if name in results:
-      summary[name] = {'linear': results[name]['linear']['mean'],
-                       'knn': results[name]['knn']['mean']}
+      summary[name] = scores(results[name])
   return summary
 
 
-def plot_accuracy_vs_t(results: Mapping[str, dict], path: str) -> str:
-  """PNG: mean categorical accuracy of the sweeps against t, baselines as horizontal lines."""
+def summarize(results: Mapping[str, dict]) -> dict:
+  """Categorical probes: each sweep's t chosen by validation accuracy, next to the baselines.
+
+  results: `probe_features` output. Every row holds the linear probe's validation and test mean
+  accuracy and the kNN test accuracy; '{family}_best_t' rows add the chosen t.
+  """
+  return _summarize(
+      results,
+      lambda row: {'validation': row['linear']['validation'], 'linear': row['linear']['mean'],
+                   'knn': row['knn']['mean']},
+      lambda row: row['linear']['validation'])
+
+
+def summarize_attribute_probe(results: Mapping[str, dict]) -> dict:
+  """Attribute probes: each sweep's t chosen by validation mean AP, next to the baselines.
+
+  results: {name: {'test_mean_ap', 'validation_mean_ap', ...}} (`pipeline_eval.attribute_probes`).
+  """
+  return _summarize(
+      results,
+      lambda row: {'validation_mean_ap': row['validation_mean_ap'],
+                   'test_mean_ap': row['test_mean_ap']},
+      lambda row: row['validation_mean_ap'])
+
+
+def plot_accuracy_vs_t(results: Mapping[str, dict], path: str, *,
+                       ylabel: str = 'mean categorical accuracy (test)') -> str:
+  """PNG: the sweeps' probe scores against t, baselines as horizontal lines.
+
+  results: {name: {'linear': {'mean': score}, 'knn': {'mean': score} (optional)}}.
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -144,7 +183,7 @@ def plot_accuracy_vs_t(results: Mapping[str, dict], path: str) -> str:
   ax.set_xscale('symlog', linthresh=10)
   ax.set_xlim(left=0)  # t >= 0; symlog would otherwise show an empty negative decade
   ax.set_xlabel('diffusion step t of the embedding')
-  ax.set_ylabel('mean categorical accuracy (test)')
+  ax.set_ylabel(ylabel)
   ax.set_title('Probe accuracy of embeddings along the diffusion chain')
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, loc='lower left')

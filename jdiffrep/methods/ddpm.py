@@ -74,6 +74,7 @@ class DDPM:
   prediction: str = 'eps'  # what the network outputs: 'eps' or 'v' (see diffusion.PREDICTIONS)
   num_preview: int = 64  # samples per preview grid
   preview_steps: int = 50  # DDIM steps of the preview samples
+  clip_x0: bool = True  # clamp each DDIM step's predicted x0 to [-1, 1]
   preview_eta: float = 0.0
 
   @classmethod
@@ -87,6 +88,7 @@ class DDPM:
     return cls(model=model, schedule=schedule, image_shape=tuple(image_shape),
                prediction=config.diffusion.prediction,
                num_preview=config.sample.num_images, preview_steps=config.sample.ddim_steps,
+               clip_x0=config.sample.clip_x0,
                preview_eta=config.sample.eta)
 
   def init_params(self, rng: jax.Array):
@@ -148,7 +150,7 @@ class DDPM:
     noise_rng, ddim_rng = jax.random.split(rng)
     x_T = jax.random.normal(noise_rng, (num_images, *self.image_shape), jnp.float32)
     x0 = diffusion.ddim_sample(self.eps_fn(params), self.schedule, x_T, num_steps=ddim_steps,
-                               eta=eta, rng=ddim_rng, clip_x0=True)
+                               eta=eta, rng=ddim_rng, clip_x0=self.clip_x0)
     return jnp.clip(x0, -1.0, 1.0)
 
   def preview(self, params, frozen, rng: jax.Array, images: jax.Array) -> jax.Array:

@@ -48,6 +48,7 @@ class DiTi:
   dm_prediction: str = 'eps'  # what the frozen DM outputs (converted to eps)
   loss_weight_gamma: float = diffusion.PDAE_GAMMA  # w_t = snr^gamma / (1 + snr)
   reconstruction_steps: int = 50
+  clip_x0: bool = True  # clamp each DDIM step's predicted x0 to [-1, 1], both ways (official)
 
   @classmethod
   def from_config(cls, config, image_shape, *, workdir: str = '', pdae: bool = False) -> 'DiTi':
@@ -75,7 +76,9 @@ class DiTi:
         depth=branch_depth, num_heads=dm.num_heads, patch_size=dm.patch_size,
         out_channels=image_shape[-1], condition_mode=c.condition_mode, dtype=dtype,
         attention_impl=config.model.attention_impl)
-    encoder_fields = ({'attention_resolution': c.encoder_attention_resolution}
+    encoder_fields = ({'attention_resolution': c.encoder_attention_resolution,
+                       'channels': tuple(c.encoder_channels),
+                       'num_heads': c.encoder_num_heads}
                       if c.encoder == 'conv' else {})
     encoder = encoders.make_encoder(c.encoder, c.latent_dim, dtype=dtype, **encoder_fields)
     schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps,
@@ -86,7 +89,8 @@ class DiTi:
                dm_workdir=ddpm.dm_workdir(c.dm_workdir, workdir),
                dm_prediction=config.diffusion.prediction,
                loss_weight_gamma=float(gamma),
-               reconstruction_steps=config.sample.ddim_steps)
+               reconstruction_steps=config.sample.ddim_steps,
+               clip_x0=config.sample.clip_x0)
 
   # -------------------------------------------------------------- shapes of things
   @property
@@ -169,8 +173,10 @@ class DiTi:
   def reconstruct(self, params, frozen, x0: jax.Array, *, num_steps: int) -> jax.Array:
     """DDIM-invert x0 with its own z, then decode: the autoencoder's output [B, H, W, C]."""
     eps_fn = self.conditioned_eps_fn(params, frozen, self.encode(params, x0))
-    x_T = diffusion.ddim_invert(eps_fn, self.schedule, x0, num_steps=num_steps)
-    return diffusion.ddim_sample(eps_fn, self.schedule, x_T, num_steps=num_steps)
+    x_T = diffusion.ddim_invert(eps_fn, self.schedule, x0, num_steps=num_steps,
+                                clip_x0=self.clip_x0)
+    return diffusion.ddim_sample(eps_fn, self.schedule, x_T, num_steps=num_steps,
+                                 clip_x0=self.clip_x0)
 
   def preview(self, params, frozen, rng: jax.Array, images: jax.Array) -> jax.Array:
     """Rows of 8 originals, each followed by the row of their reconstructions. [2N, H, W, C]."""

@@ -49,6 +49,7 @@ class SDAE:
   consistency_max_gap: int = 10
   num_preview: int = 64
   preview_steps: int = 50
+  clip_x0: bool = True  # clamp each DDIM step's predicted x0 to [-1, 1]
   denoiser_init: str = 'scratch'
   loss_weight: str = 'uniform'
   dm_workdir: str = ''  # the DM run `denoiser_init = 'dm'` starts from
@@ -76,6 +77,7 @@ class SDAE:
                consistency_weight=float(c.consistency_weight),
                consistency_max_gap=int(c.consistency_max_gap),
                num_preview=config.sample.num_images, preview_steps=config.sample.ddim_steps,
+               clip_x0=config.sample.clip_x0,
                denoiser_init=c.denoiser_init, loss_weight=c.loss_weight,
                dm_workdir=(ddpm.dm_workdir(c.dm_workdir, workdir) if c.denoiser_init == 'dm'
                            else ''))
@@ -171,9 +173,9 @@ class SDAE:
     if self.encoder_input == 'x_t':
       x_T = jax.random.normal(rng, (self.num_preview, *self.image_shape), jnp.float32)
       samples = diffusion.ddim_sample(self.eps_fn(params), self.schedule, x_T,
-                                      num_steps=self.preview_steps, clip_x0=True)
+                                      num_steps=self.preview_steps, clip_x0=self.clip_x0)
       return jnp.clip(samples, -1.0, 1.0)
     x_T = jax.random.normal(rng, images.shape, jnp.float32)
     decoded = diffusion.ddim_sample(self.eps_fn(params, images), self.schedule, x_T,
-                                    num_steps=self.preview_steps, clip_x0=True)
+                                    num_steps=self.preview_steps, clip_x0=self.clip_x0)
     return images_lib.interleave_rows(images, jnp.clip(decoded, -1.0, 1.0))

@@ -4,8 +4,11 @@ Both take clean images x: [B, H, W, 3] in [-1, 1] (NHWC) and return z: [B, laten
 Parameters live in `param_dtype`, activations are computed in `dtype`. Neither has dropout or
 batch statistics, so there is no train/eval switch.
 
-- `ConvEncoder`: the official PDAE/DiTi CelebA-64 encoder: stride-2 3x3 convs, each followed by
-  GroupNorm + SiLU, one self-attention block at one resolution, flatten, Linear to d.
+- `ConvEncoder`: the official PDAE/DiTi encoders (`model/representation/encoder/celeba64.py`,
+  `ffhq.py`, `bedroom.py` of yue-zhongqi/diti): stride-2 3x3 convs, each followed by GroupNorm +
+  SiLU, one self-attention block (4 heads, zero-initialised output) right after the conv of one
+  resolution, flatten, Linear to d. CelebA-64 uses channels (64, 128, 128, 128), FFHQ and
+  Bedroom at 128x128 (64, 128, 256, 256, 256); both end at 4x4.
 - `ViTEncoder`: DiT-style patchify + fixed 2-D sin-cos positions + plain pre-LN transformer
   blocks, mean-pooled tokens, Linear to d.
 """
@@ -32,8 +35,13 @@ def _group_norm(channels: int, dtype: Any, param_dtype: Any, name: str) -> nn.Gr
 
 
 class SpatialAttentionBlock(nn.Module):
-  """x + Attention(GroupNorm(x)) over the H*W positions. [B, H, W, C] -> [B, H, W, C]."""
-  num_heads: int = 1
+  """x + proj_out(MultiHeadAttention(qkv(GroupNorm(x)))) over the H*W positions.
+
+  [B, H, W, C] -> [B, H, W, C]. The guided-diffusion `AttentionBlock` the official encoders use:
+  qkv and proj_out are 1x1 convolutions with bias (Dense layers here), proj_out starts at zero so
+  the block starts as the identity, attention is softmax(q k^T / sqrt(C / heads)) v per head.
+  """
+  num_heads: int = 4
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   attention_impl: str | None = None
@@ -41,24 +49,33 @@ class SpatialAttentionBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     batch, height, width, channels = x.shape
+    if channels % self.num_heads:
+      raise ValueError(f'SpatialAttentionBlock: {channels} channels do not split into '
+                       f'{self.num_heads} heads; choose encoder channels divisible by num_heads.')
+    dense = lambda features, name, **kw: nn.Dense(features, dtype=self.dtype,
+                                                  param_dtype=self.param_dtype, name=name, **kw)
     h = _group_norm(channels, self.dtype, self.param_dtype, 'norm')(x)
-    h = Attention(self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
-                  attention_impl=self.attention_impl, name='attn')(
-                      h.reshape(batch, height * width, channels))
+    qkv = dense(3 * channels, 'qkv')(h.reshape(batch, height * width, channels))
+    qkv = qkv.reshape(batch, height * width, 3, self.num_heads, channels // self.num_heads)
+    h = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
+                                     implementation=self.attention_impl)
+    h = dense(channels, 'proj_out', kernel_init=nn.initializers.zeros)(
+        h.reshape(batch, height * width, channels))
     return x + h.reshape(x.shape)
 
 
 class ConvEncoder(nn.Module):
   """Stride-2 conv stages + one attention block + flatten + Dense. [B, H, W, 3] -> [B, latent_dim].
 
-  Stage i is conv_i (3x3, stride 2, padding 1) -> norm_i (GroupNorm) -> SiLU, halving H and W.
-  `attn_i` follows the stage whose output resolution equals `attention_resolution` (none if no
-  stage matches). H = W must be divisible by 2 ** len(channels).
+  Stage i is conv_i (3x3, stride 2, padding 1) -> [attn_i] -> norm_i (GroupNorm) -> SiLU,
+  halving H and W; `attn_i` sits in the stage whose conv outputs `attention_resolution` (none if
+  no stage does), between its conv and its norm as in the official encoders. H = W must be
+  divisible by 2 ** len(channels).
   """
   latent_dim: int = 512
   channels: tuple[int, ...] = (64, 128, 128, 128)
   attention_resolution: int = 16
-  num_heads: int = 1
+  num_heads: int = 4
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   attention_impl: str | None = None
@@ -70,10 +87,10 @@ class ConvEncoder(nn.Module):
     for i, features in enumerate(self.channels):
       h = nn.Conv(features, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype,
                   param_dtype=self.param_dtype, name=f'conv_{i}')(h)
-      h = nn.silu(_group_norm(features, self.dtype, self.param_dtype, f'norm_{i}')(h))
       if h.shape[1] == self.attention_resolution:
         h = SpatialAttentionBlock(self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
                                   attention_impl=self.attention_impl, name=f'attn_{i}')(h)
+      h = nn.silu(_group_norm(features, self.dtype, self.param_dtype, f'norm_{i}')(h))
     z = nn.Dense(self.latent_dim, dtype=self.dtype, param_dtype=self.param_dtype,
                  name='to_latent')(h.reshape(h.shape[0], -1))
     return z.astype(jnp.float32)
