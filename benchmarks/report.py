@@ -4,7 +4,8 @@ and *_train_speed.jsonl.
   python -m benchmarks.report [--readme=benchmarks/README.md]
 
 The tables sit between the `<!-- throughput:begin -->` and `<!-- throughput:end -->` markers;
-everything else in the README is left as written.
+everything else in the README is left as written. Busy rows (`is_busy`) are left out of the
+tables and counted below them (`benchmarks.records.is_busy`); they stay in the JSONL files.
 """
 
 from __future__ import annotations
@@ -16,12 +17,20 @@ import os
 from absl import app
 from absl import flags
 
+from benchmarks import records as records_lib
+
 _README = flags.DEFINE_string('readme', os.path.join('benchmarks', 'README.md'),
                               'The markdown file whose throughput section is rewritten.')
-_RESULTS = flags.DEFINE_string('results', os.path.join('benchmarks', 'results'),
+_RESULTS = flags.DEFINE_string('results_dir', os.path.join('benchmarks', 'results'),
                                'Directory of *_throughput.jsonl and *_train_speed.jsonl files.')
 
 BEGIN, END = '<!-- throughput:begin -->', '<!-- throughput:end -->'
+def _ratio(r: dict) -> str:
+  """'median (min-max)' of the paired ratios, or the single ratio of older rows."""
+  if 'ratio_range' in r:
+    low, high = r['ratio_range']
+    return f'{r["ratio_median"]:g} ({low:g}-{high:g})'
+  return _num(r.get('ratio_ours_over_peer'))
 
 
 def _pct(x) -> str:
@@ -42,8 +51,8 @@ def _device(r: dict) -> str:
 
 def dit_table(records: list[dict]) -> list[str]:
   lines = ['| date | device | model | res | batch | dtype | attention | ours img/s | ours ms | '
-           'ours MFU | ours compile s | peer | peer img/s | peer ms | peer MFU | ours/peer | '
-           'load |',
+           'ours MFU | ours compile s | peer | peer img/s | peer ms | peer MFU | '
+           'ours/peer, median of rounds (range) | load |',
            '| --- ' * 17 + '|']
   for r in records:
     ours, peer = r['jdiffrep'], r.get('diffusers', {})
@@ -56,7 +65,7 @@ def dit_table(records: list[dict]) -> list[str]:
         f'| {r["dtype"]} | {r["attention"]} | {ours["images_per_sec"]} | {ours["step_ms"]} '
         f'| {_pct(ours.get("mfu"))} | {ours.get("compile_seconds")} | {peer_name} '
         f'| {_num(peer.get("images_per_sec"))} | {_num(peer.get("step_ms"))} '
-        f'| {_pct(peer.get("mfu"))} | {_num(r.get("ratio_ours_over_peer"))} '
+        f'| {_pct(peer.get("mfu"))} | {_ratio(r)} '
         f'| {r["load_avg_start"]}-{r["load_avg_end"]} |')
   return lines
 
@@ -107,7 +116,9 @@ def devices_table(records: list[dict]) -> list[str]:
 
 
 def render(records: list[dict]) -> str:
-  """All throughput records -> the markdown between the markers."""
+  """All throughput records -> the markdown between the markers (busy rows left out)."""
+  busy = [r for r in records if records_lib.is_busy(r)]
+  records = [r for r in records if not records_lib.is_busy(r)]
   by_bench = lambda *names: [r for r in records if r['bench'] in names]
   sections = [
       ('DiT train step, jdiffrep vs diffusers (`--bench=dit`)', dit_table(by_bench('dit'))),
@@ -124,6 +135,11 @@ def render(records: list[dict]) -> str:
   for title, lines in sections:
     if len(lines) > 2:
       out += [f'#### {title}', '', *lines, '']
+  if busy:
+    out += [f'{len(busy)} busy rows are left out (marked busy by their run: 1-minute load at or '
+            f'above {records_lib.IDLE_LOAD_PER_CORE} per usable core at the start, or paired ratios spread '
+            'beyond `--busy_spread`; older rows by their load alone); they stay in the JSONL '
+            'files.', '']
   return '\n'.join(out).rstrip() + '\n'
 
 

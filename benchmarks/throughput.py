@@ -15,6 +15,13 @@ the grain pipeline alone on the built-in `shapes` set, --bench=devices the DiT s
 fake CPU devices (one subprocess each) at a fixed global batch.
 
 Each run appends one JSON line to `--out` (device, versions, date, command, load) and prints it.
+
+Records that cannot mislead: before anything starts, the run waits (at most `--idle_wait`
+seconds) for the 1-minute load to fall below `--idle_load_per_core` per usable core. --bench=dit
+records the paired ratio of every round (the peer's seconds over ours for the same steps, taken
+back to back) with their median and spread. A row is marked `busy`, with its reasons, when the
+load did not fall or the paired ratios spread more than `--busy_spread` around their median;
+`benchmarks.report` leaves busy rows out of its tables (they stay in the JSONL).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from absl import app
 from absl import flags
 
 from benchmarks import provenance
+from benchmarks import records
 
 _BENCH = flags.DEFINE_enum('bench', 'dit', ['dit', 'diti', 'sdae', 'data', 'devices'],
                            'What to time.')
@@ -58,6 +66,13 @@ _PROFILE_DIR = flags.DEFINE_string(
     'profile_dir', '', '--bench=dit: after timing, trace one more round of ours with '
     'jax.profiler into this directory (view in TensorBoard / Perfetto).')
 _NOTE = flags.DEFINE_string('note', '', 'Free-form note stored with the result.')
+_IDLE_WAIT = flags.DEFINE_float('idle_wait', 300.0, 'Seconds to wait at most for an idle machine '
+                                'before starting (0: do not wait).', lower_bound=0)
+_IDLE_LOAD_PER_CORE = flags.DEFINE_float(
+    'idle_load_per_core', records.IDLE_LOAD_PER_CORE, 'Idle: the 1-minute load average is below this per usable core.')
+_BUSY_SPREAD = flags.DEFINE_float(
+    'busy_spread', records.BUSY_SPREAD, 'Mark the row busy when (max - min) / median of the paired ratios is '
+    'above this.')
 
 NUM_CLASSES = 1000  # diffusers' DiT always embeds class labels; ours gets the same embedding
 _START: dict = {}  # date and load average when the run began (set by main)
@@ -107,6 +122,7 @@ def _record(bench: str, fields: dict) -> dict:
       'device_count': jax.device_count(),
       'host': provenance.host(),
       'load_avg_start': _START['load_avg'],
+      'idle_wait_seconds': _START['idle_wait_seconds'],
       'versions': provenance.versions(),
       'note': _NOTE.value,
       **fields,
@@ -115,6 +131,11 @@ def _record(bench: str, fields: dict) -> dict:
 
 def _write(record: dict) -> None:
   record['load_avg_end'] = round(os.getloadavg()[0], 2)
+  reasons = records.busy_reasons(record['load_avg_start'], provenance.cores(),
+                         load_per_core=_IDLE_LOAD_PER_CORE.value,
+                         ratio_spread=record.get('ratio_spread'), max_spread=_BUSY_SPREAD.value)
+  record['busy'] = bool(reasons)
+  record['busy_reasons'] = reasons
   provenance.append_row(record, _OUT.value or os.path.join(
       'benchmarks', 'results', f'{record["platform"]}_throughput.jsonl'))
 
@@ -270,8 +291,8 @@ def bench_dit() -> dict:
     results['diffusers'].update(fields.pop('peer'))
     results['diffusers']['peak_device_memory_bytes'] = (
         peer.torch.cuda.max_memory_allocated(peer.device) if peer.device.type == 'cuda' else None)
-    results['ratio_ours_over_peer'] = round(results['jdiffrep']['images_per_sec']
-                                            / results['diffusers']['images_per_sec'], 3)
+    results.update(records.paired_ratios(seconds['jdiffrep'], seconds['diffusers']))
+    results['ratio_ours_over_peer'] = results['ratio_median']
   return _record('dit', {
       'model': _MODEL.value, 'resolution': _RESOLUTION.value, 'batch': _BATCH.value,
       'tokens': (_RESOLUTION.value // dit.parse_model_name(_MODEL.value)[3]) ** 2,
@@ -391,9 +412,8 @@ def main(argv) -> None:
   if _ATTENTION.value == 'cudnn' and _DTYPE.value != 'bfloat16':
     raise app.UsageError('--attention=cudnn needs --dtype=bfloat16 (cuDNN fused attention takes '
                          'fp16/bf16 only).')
-  _START.update(
-      date=provenance.utc_now(),
-      load_avg=round(os.getloadavg()[0], 2))
+  load, waited = records.wait_for_idle(_IDLE_LOAD_PER_CORE.value * provenance.cores(), _IDLE_WAIT.value)
+  _START.update(date=provenance.utc_now(), load_avg=load, idle_wait_seconds=waited)
   # Ours and the peer share one accelerator: JAX must not grab 75 % of its memory up front.
   os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   bench = _BENCH.value

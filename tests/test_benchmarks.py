@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from benchmarks import flops
+from benchmarks import records
 from jdiffrep.models import dit
 
 
@@ -69,3 +70,48 @@ def test_learning_curves_group_probe_rows_by_run_and_plot_them(tmp_path):
               'categorical_probe_summary': {'pixels': {'linear': 0.9}}}
   learning_curves.plot(runs, str(out), baseline)
   assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+# ----------------------------------------------------------------------------- records that cannot mislead
+
+
+def test_wait_for_idle_polls_until_the_load_falls_or_the_time_is_up():
+  loads, slept = iter([3.0, 2.0, 0.5, 0.1]), []
+  load, waited = records.wait_for_idle(1.0, 60, poll_s=5, getloadavg=lambda: (next(loads),),
+                                          sleep=slept.append)
+  assert (load, waited, slept) == (0.5, 10.0, [5, 5])
+  slept.clear()
+  load, waited = records.wait_for_idle(1.0, 12, poll_s=5, getloadavg=lambda: (3.0,),
+                                          sleep=slept.append)
+  assert (load, waited, slept) == (3.0, 12.0, [5, 5, 2])
+
+
+def test_paired_ratios_and_busy_reasons():
+  summary = records.paired_ratios([1.0, 2.0, 1.0], [2.0, 4.4, 1.8])
+  assert summary == {'paired_ratios': [2.0, 2.2, 1.8], 'ratio_median': 2.0,
+                     'ratio_range': [1.8, 2.2], 'ratio_spread': 0.2}
+  with pytest.raises(ValueError, match='one peer round per round'):
+    records.paired_ratios([1.0], [1.0, 2.0])
+  assert records.busy_reasons(0.9, 2, load_per_core=0.5, ratio_spread=0.2) == []
+  loaded = records.busy_reasons(1.0, 2, load_per_core=0.5, ratio_spread=0.35)
+  assert len(loaded) == 2 and 'load 1.0' in loaded[0] and '35%' in loaded[1]
+
+
+def test_report_leaves_busy_rows_out_of_the_tables():
+  from benchmarks import report  # pylint: disable=g-import-not-at-top
+
+  def row(model, **fields):
+    return {'date': '2026-12-01T00:00:00+00:00', 'bench': 'dit', 'device_kind': 'cpu',
+            'device_count': 1, 'host': 'x86_64, 2 cores usable', 'model': model,
+            'resolution': 32, 'batch': 32, 'dtype': 'float32', 'attention': 'xla',
+            'jdiffrep': {'images_per_sec': 250, 'step_ms': 128}, 'load_avg_end': 0.3, **fields}
+
+  idle = row('XXS/4', load_avg_start=0.2, busy=False, ratio_median=0.7,
+             ratio_range=[0.68, 0.72], ratio_ours_over_peer=0.7)
+  marked = row('S/2', load_avg_start=0.2, busy=True, ratio_ours_over_peer=0.5)
+  old_loaded = row('XS/4', load_avg_start=8.25, ratio_ours_over_peer=4.35)  # no mark: by load
+  assert [records.is_busy(r) for r in (idle, marked, old_loaded)] == [False, True, True]
+  text = report.render([idle, marked, old_loaded])
+  assert '| XXS/4 |' in text and '0.7 (0.68-0.72)' in text
+  assert '| S/2 |' not in text and '| XS/4 |' not in text
+  assert '2 busy rows are left out' in text
