@@ -17,13 +17,15 @@ def utc_now() -> str:
 
 def commit() -> str | None:
   """$JDIFFREP_COMMIT (for a copy of the tree without .git), else `git rev-parse HEAD`, with
-  '+dirty' when tracked files differ from it; None when neither is known."""
+  '+dirty' when tracked files other than benchmarks/results/ (where rows are appended) differ
+  from it; None when neither is known."""
   if os.environ.get('JDIFFREP_COMMIT'):
     return os.environ['JDIFFREP_COMMIT']
   try:
     head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO_ROOT, capture_output=True,
                           text=True, check=True, timeout=10).stdout.strip()
-    dirty = subprocess.run(['git', 'diff', '--quiet', 'HEAD', '--'], cwd=REPO_ROOT,
+    dirty = subprocess.run(['git', 'diff', '--quiet', 'HEAD', '--', '.',
+                            ':(exclude)benchmarks/results'], cwd=REPO_ROOT,
                            timeout=10, check=False).returncode != 0
   except (OSError, subprocess.SubprocessError):
     return None

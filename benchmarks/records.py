@@ -47,10 +47,15 @@ def paired_ratios(ours_seconds: list[float], peer_seconds: list[float]) -> dict:
 
 
 def busy_reasons(load_start: float, cores: int, *, load_per_core: float = IDLE_LOAD_PER_CORE,
-                 ratio_spread: float | None = None, max_spread: float = BUSY_SPREAD) -> list[str]:
-  """Why a row's timings cannot be trusted ([] when they can)."""
+                 ratio_spread: float | None = None, max_spread: float = BUSY_SPREAD,
+                 cpu: bool = True) -> list[str]:
+  """Why a row's timings cannot be trusted ([] when they can).
+
+  The host's load counts only for CPU rows (`cpu`): an accelerator's step does not share the
+  host's cores with other jobs the way a CPU step does.
+  """
   reasons = []
-  if load_start >= load_per_core * cores:
+  if cpu and load_start >= load_per_core * cores:
     reasons.append(f'1-minute load {load_start} at the start, not below {load_per_core} per '
                    f'usable core ({cores})')
   if ratio_spread is not None and ratio_spread > max_spread:
@@ -60,10 +65,12 @@ def busy_reasons(load_start: float, cores: int, *, load_per_core: float = IDLE_L
 
 
 def is_busy(record: dict) -> bool:
-  """The row's own `busy` mark; rows from before the mark existed are busy when their 1-minute
-  load at the start was not below 0.5 per usable core of their host."""
+  """The row's own `busy` mark; CPU rows from before the mark existed are busy when their
+  1-minute load at the start was not below 0.5 per usable core of their host."""
   if 'busy' in record:
     return bool(record['busy'])
+  if record.get('platform', 'cpu') != 'cpu':
+    return False
   cores = re.search(r'(\d+) cores usable', record.get('host', ''))
   load = record.get('load_avg_start')
   return bool(cores and load is not None and load >= IDLE_LOAD_PER_CORE * int(cores.group(1)))

@@ -131,9 +131,10 @@ def _record(bench: str, fields: dict) -> dict:
 
 def _write(record: dict) -> None:
   record['load_avg_end'] = round(os.getloadavg()[0], 2)
-  reasons = records.busy_reasons(record['load_avg_start'], provenance.cores(),
-                         load_per_core=_IDLE_LOAD_PER_CORE.value,
-                         ratio_spread=record.get('ratio_spread'), max_spread=_BUSY_SPREAD.value)
+  reasons = records.busy_reasons(
+      record['load_avg_start'], provenance.cores(), load_per_core=_IDLE_LOAD_PER_CORE.value,
+      ratio_spread=record.get('ratio_spread'), max_spread=_BUSY_SPREAD.value,
+      cpu=record['platform'] == 'cpu')
   record['busy'] = bool(reasons)
   record['busy_reasons'] = reasons
   provenance.append_row(record, _OUT.value or os.path.join(

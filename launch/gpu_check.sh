@@ -75,7 +75,7 @@ fi
 
 step accelerator-tests "$python" -m pytest -q -rs -m accelerator tests/test_accelerator.py
 
-bench=("$python" -m benchmarks.throughput --note=gpu_check)
+bench=("$python" -m benchmarks.throughput --note=gpu_check --idle_wait=0)  # device time is scarce
 step dit-b2-bf16 "${bench[@]}" --bench=dit --model=B/2 --resolution=32 --batch=256 --dtype=bfloat16 \
   --attention=cudnn --peer_compile --steps=20 --repeats=5
 step diti-celeba64 "${bench[@]}" --bench=diti --model=B/4 --resolution=64 --batch=128 \

@@ -95,6 +95,11 @@ def test_paired_ratios_and_busy_reasons():
   assert records.busy_reasons(0.9, 2, load_per_core=0.5, ratio_spread=0.2) == []
   loaded = records.busy_reasons(1.0, 2, load_per_core=0.5, ratio_spread=0.35)
   assert len(loaded) == 2 and 'load 1.0' in loaded[0] and '35%' in loaded[1]
+  # An accelerator's row does not depend on the host's load; its rounds must still agree.
+  assert records.busy_reasons(9.0, 16, cpu=False) == []
+  assert len(records.busy_reasons(9.0, 16, cpu=False, ratio_spread=0.5)) == 1
+  assert not records.is_busy({'platform': 'gpu', 'host': 'x86_64, 16 cores usable',
+                              'load_avg_start': 9.0})
 
 
 def test_report_leaves_busy_rows_out_of_the_tables():
