@@ -127,6 +127,12 @@ def base_config() -> ml_collections.ConfigDict:
   # Images of each split that the evaluation encodes (the first ones, in record order).
   config.evaluate.train_limit = ml_collections.config_dict.placeholder(int)  # None: whole split
   config.evaluate.eval_limit = ml_collections.config_dict.placeholder(int)  # validation and test
+  # Features of the three splits kept in memory, in all; past this the largest sets are spilled
+  # to raw float32 files in `feature_dir` (local disk) and the probes stream them a chunk of
+  # `probe_chunk_mb` at a time, so memory does not grow with the dataset (CelebA's pixels: 8 GB).
+  config.evaluate.feature_memory_mb = 1024
+  config.evaluate.probe_chunk_mb = 256
+  config.evaluate.feature_dir = ml_collections.config_dict.placeholder(str)  # None: system temp
   config.evaluate.reconstruction_images = 32
   config.evaluate.counterfactual_pairs = 64  # test pairs (A, B) for DiTi counterfactuals
   # The swapped group of z is lerp(z_A, z_B, alpha); x_T is slerp(x_T^A, x_T^B, noise_alpha).
@@ -212,6 +218,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if value is not None and (not isinstance(value, int) or value < 1):
       raise ValueError(f'config.evaluate.{field}={value!r} must be a positive integer or None '
                        '(None: the whole split).')
+  for field in ('feature_memory_mb', 'probe_chunk_mb'):
+    value = config.evaluate[field]
+    if not isinstance(value, int) or value < (0 if field == 'feature_memory_mb' else 1):
+      raise ValueError(f'config.evaluate.{field}={value!r} must be a '
+                       f'{"non-negative" if field == "feature_memory_mb" else "positive"} '
+                       'integer (MiB).')
+  feature_dir = config.evaluate.feature_dir
+  if feature_dir and '://' in feature_dir:
+    raise ValueError(f'config.evaluate.feature_dir={feature_dir!r} must be a local directory: '
+                     'the evaluation re-reads its spill files at random offsets. Leave it unset '
+                     'for the system temp dir.')
   for field in ('counterfactual_alpha', 'counterfactual_noise_alpha'):
     if not 0.0 <= config.evaluate[field] <= 1.0:
       raise ValueError(f'config.evaluate.{field}={config.evaluate[field]} must be in [0, 1] '

@@ -103,10 +103,18 @@ def test_celeba_config_runs_both_papers_and_the_official_evaluation(tmp_path):
   assert prepared.num_examples == {'train': 96, 'validation': 24, 'test': 24}
   config = _shrink(celeba_config.get_config(), data_dir)
   assert config.pipeline == ('ddpm', 'diti', 'pdae', 'sdae', 'evaluate')
+  # No feature set fits in memory: every probe streams its features from spill files, as the
+  # pixels of the real CelebA (8 GB) must; the files are gone when the stage ends.
+  config.evaluate.feature_memory_mb = 0
+  config.evaluate.feature_dir = str(tmp_path / 'scratch')
+  (tmp_path / 'scratch').mkdir()
   assert (config.evaluate.counterfactual_noise_alpha, config.sample.clip_x0) == (1.0, True)
   workdir = tmp_path / 'run'
   evaluation = run.run(config, str(workdir))['stages']['evaluate']
   assert set(evaluation) == set(json.loads((workdir / 'evaluate' / 'results.json').read_text()))
+  assert not list((tmp_path / 'scratch').iterdir())
+  assert {'train/pixels', 'validation/diti', 'test/dm_t100'} <= set(
+      evaluation['features_streamed_from_disk'])
 
   representations = {'pixels', 'diti', 'pdae', 'sdae_t0', 'sdae_t100', 'sdae_mean_t', 'dm_t0',
                      'dm_t100'}

@@ -365,8 +365,9 @@ def _make_train_step(model: AttributeCNN, optimizer: optax.GradientTransformatio
 def _batched_probabilities(model: AttributeCNN, params, batch_size: int = 256
                            ) -> ProbabilitiesFn:
   """Class probabilities in fixed-size, zero-padded batches, so the jitted core compiles once."""
-  predict = jax.jit(lambda x: {name: jax.nn.softmax(logits, axis=-1)
-                               for name, logits in model.apply({'params': params}, x).items()})
+  # params is an argument, not a closed-over constant (see `pipeline_eval.feature_function`).
+  predict = jax.jit(lambda p, x: {name: jax.nn.softmax(logits, axis=-1)
+                                  for name, logits in model.apply({'params': p}, x).items()})
 
   def probabilities(images) -> dict[str, np.ndarray]:
     images = np.asarray(images, np.float32)
@@ -376,7 +377,7 @@ def _batched_probabilities(model: AttributeCNN, params, batch_size: int = 256
       count = batch.shape[0]
       padded = np.concatenate([batch, np.zeros((batch_size - count, *batch.shape[1:]),
                                                np.float32)])
-      outputs.append({k: np.asarray(v)[:count] for k, v in predict(padded).items()})
+      outputs.append({k: np.asarray(v)[:count] for k, v in predict(params, padded).items()})
     return {name: np.concatenate([o[name] for o in outputs]) for name in model.num_classes}
 
   return probabilities

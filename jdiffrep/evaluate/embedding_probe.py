@@ -27,31 +27,31 @@ SDAE_MEAN = 'sdae_mean_t'  # the L2-normalised mean of z_t over the sweep
 _SWEEP_NAME = re.compile(r'^(sdae|dm)_t(\d+)$')
 
 
-def sweep_features(sdae=None, dm=None, *, sdae_timesteps: Sequence[int] = (),
+def sweep_features(sdae_method=None, dm_method=None, *, sdae_timesteps: Sequence[int] = (),
                    dm_timesteps: Sequence[int] = (), seed: int = 0):
-  """A function x0 [B, H, W, C] -> {name: [B, D]} of the sweep's features (jittable).
+  """A function (params, x0 [B, H, W, C]) -> {name: [B, D]} of the sweep's features (jittable).
 
   Args:
-    sdae: (SDAE method, EMA params) or None; gives 'sdae_t{t}' for t in `sdae_timesteps` and
-      'sdae_mean_t'.
-    dm: (DDPM method, EMA params) or None; gives 'dm_t{t}' for t in `dm_timesteps`.
+    sdae_method: the SDAE method or None; gives 'sdae_t{t}' for t in `sdae_timesteps` and
+      'sdae_mean_t' from params['sdae'] (its EMA params).
+    dm_method: the DDPM method or None; gives 'dm_t{t}' for t in `dm_timesteps` from
+      params['dm'].
     seed: the forward-diffusion noise of step t is drawn from fold_in(key(seed), t), the same for
       every batch, so the features are a deterministic function of the images.
   """
   key = jax.random.key(seed)
 
-  def fn(x0):
+  def fn(params, x0):
     out = {}
-    if sdae is not None:
-      method, params = sdae
-      embeddings = [method.embed(params, x0, t, jax.random.fold_in(key, t))
+    if sdae_method is not None:
+      embeddings = [sdae_method.embed(params['sdae'], x0, t, jax.random.fold_in(key, t))
                     for t in sdae_timesteps]
       out.update({f'sdae_t{t}': z for t, z in zip(sdae_timesteps, embeddings)})
       if embeddings:
         out[SDAE_MEAN] = sdae_model.l2_normalize(jnp.mean(jnp.stack(embeddings), axis=0))
-    if dm is not None:
-      method, params = dm
-      out.update({f'dm_t{t}': method.mid_features(params, x0, t, jax.random.fold_in(key, t))
+    if dm_method is not None:
+      out.update({f'dm_t{t}': dm_method.mid_features(params['dm'], x0, t,
+                                                     jax.random.fold_in(key, t))
                   for t in dm_timesteps})
     return out
 
@@ -65,11 +65,12 @@ def label_matrix(labels: Mapping[str, np.ndarray]) -> tuple[list[str], np.ndarra
 
 
 def probe_features(feature_sets: Mapping[str, dict], names: Sequence[str], *, epochs: int,
-                   seed: int, knn_k: int, standardize: bool = True) -> dict:
+                   seed: int, knn_k: int, standardize: bool = True,
+                   chunk_bytes: int = probe.DEFAULT_CHUNK_BYTES) -> dict:
   """Linear probe and kNN of every named feature set on the categorical labels.
 
-  feature_sets: {split: {'features': {name: [N, D]}, 'labels': {attribute: [N] int}}} for the
-  splits 'train', 'validation', 'test'. Returns {name: {'linear': {'mean': acc, 'per_attribute':
+  feature_sets: {split: {'features': {name: [N, D] array or streamed}, 'labels': {attribute: [N]
+  int}}} for the splits 'train', 'validation', 'test'; `chunk_bytes` as in `probe`. Returns {name: {'linear': {'mean': acc, 'per_attribute':
   {...}, 'best_epoch': e}, 'knn': {'mean': acc, 'per_attribute': {...}}}}.
   """
   attributes, labels = zip(*(label_matrix(feature_sets[s]['labels']) for s in SPLITS))
@@ -81,9 +82,10 @@ def probe_features(feature_sets: Mapping[str, dict], names: Sequence[str], *, ep
     x = {s: feature_sets[s]['features'][name] for s in SPLITS}
     linear = probe.train_categorical_probe(
         x['train'], y['train'], x['validation'], y['validation'], x['test'], y['test'],
-        num_classes=num_classes, epochs=epochs, seed=seed, standardize=standardize)
+        num_classes=num_classes, epochs=epochs, seed=seed, standardize=standardize,
+        chunk_bytes=chunk_bytes)
     knn = probe.knn_attribute_accuracy(x['train'], y['train'], x['test'], y['test'],
-                                       num_classes=num_classes, k=knn_k)
+                                       num_classes=num_classes, k=knn_k, chunk_bytes=chunk_bytes)
     results[name] = {
         'linear': {'mean': float(linear.test_metric), 'best_epoch': int(linear.best_epoch),
                    'validation': float(linear.validation_metrics[linear.best_epoch]),

@@ -1,15 +1,16 @@
-"""Frozen features of a whole split, in order, with the labels that travel with them."""
+"""Frozen features of whole splits, in order, with the labels that travel with them."""
 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 from absl import logging
 import jax
 import numpy as np
 
 from jdiffrep.data import pipeline
+from jdiffrep.evaluate import feature_store
 
 
 def attribute_matrix(attributes) -> np.ndarray:
@@ -19,16 +20,41 @@ def attribute_matrix(attributes) -> np.ndarray:
   return np.asarray(attributes).astype(bool)
 
 
-def extract(feature_fn: Callable[[jax.Array], dict], dataset_config, split: str, *,
-            batch_size: int = 256, limit: int | None = None,
+def extract(feature_fn: Callable[[jax.Array], dict], dataset_config, splits: Mapping[str, str],
+            store: feature_store.FeatureStore, *, batch_size: int = 256,
+            limits: Mapping[str, int | None] | None = None,
             log_every_seconds: float = 30.0) -> dict:
-  """Runs `feature_fn` ([B, H, W, C] -> {name: [B, D]}, jitted) over a split, in one pass.
+  """Runs `feature_fn` ([B, H, W, C] -> {name: [B, D]}, jitted) over every split, in one pass each.
 
-  Batches are padded to `batch_size`, so `feature_fn` compiles once. Returns numpy
-  `features` {name: [N, D]}, `attributes` [N, A] (when the dataset has them) and
-  `labels` {name: [N]}.
+  Args:
+    splits: {key: split name}, e.g. {'train': 'train', 'validation': 'train[90%:]', ...}.
+    store: holds the features: in memory up to its budget, the rest in its spill files, so a
+      split of any size can be extracted (CelebA's pixels alone are 8 GB).
+    limits: {key: the first images of that split to use, None for all}.
+
+  Batches are padded to `batch_size`, so `feature_fn` compiles once. Returns {key: {'features':
+  {name: [N, D] array or FeatureFile}, 'labels': {name: [N]}, and 'attributes': [N, A] when the
+  dataset has them}}. All splits are extracted before any is assembled, so the store's budget
+  bounds the three together.
   """
-  features, attributes, labels = {}, [], {}
+  limits = limits or {}
+  extracted = {key: _extract_split(feature_fn, dataset_config, key, split, store,
+                                   batch_size=batch_size, limit=limits.get(key),
+                                   log_every_seconds=log_every_seconds)
+               for key, split in splits.items()}
+  if store.spilled:
+    logging.info('Features streamed from disk (over config.evaluate.feature_memory_mb): %s.',
+                 ', '.join(f'{key}/{name}' for key, name in store.spilled))
+  for key, result in extracted.items():
+    result['features'] = {name: store.finish((key, name)) for name in result['features']}
+  return extracted
+
+
+def _extract_split(feature_fn, dataset_config, key: str, split: str,
+                   store: feature_store.FeatureStore, *, batch_size: int, limit: int | None,
+                   log_every_seconds: float) -> dict:
+  """One split's features into `store` under (key, name); returns its labels and the names."""
+  names, attributes, labels = [], [], {}
   start = last_log = time.monotonic()
   done = 0
   for batch in pipeline.iterate_split(dataset_config, split, batch_size, limit):
@@ -43,13 +69,15 @@ def extract(feature_fn: Callable[[jax.Array], dict], dataset_config, split: str,
       images = np.concatenate([images, np.zeros((batch_size - count, *images.shape[1:]),
                                                 images.dtype)])
     for name, value in jax.device_get(feature_fn(images)).items():
-      features.setdefault(name, []).append(np.asarray(value, np.float32)[:count])
+      if name not in names:
+        names.append(name)
+      store.append((key, name), np.asarray(value, np.float32)[:count])
     if 'attributes' in batch:
       attributes.append(attribute_matrix(batch['attributes']))
-    for key, value in batch.get('labels', {}).items():
-      labels.setdefault(key, []).append(np.asarray(value))
+    for label, value in batch.get('labels', {}).items():
+      labels.setdefault(label, []).append(np.asarray(value))
   logging.info('Features of %s: %d images in %.1f s.', split, done, time.monotonic() - start)
-  result = {'features': {k: np.concatenate(v) for k, v in features.items()},
+  result = {'features': dict.fromkeys(names),
             'labels': {k: np.concatenate(v) for k, v in labels.items()}}
   if attributes:
     result['attributes'] = np.concatenate(attributes)

@@ -17,6 +17,7 @@ TensorBoard scalars in `<workdir>/evaluate`.
 from __future__ import annotations
 
 import json
+import tempfile
 
 from absl import logging
 import jax
@@ -33,6 +34,7 @@ from jdiffrep.data import pipeline
 from jdiffrep.data import registry
 from jdiffrep.evaluate import counterfactual
 from jdiffrep.evaluate import embedding_probe
+from jdiffrep.evaluate import feature_store
 from jdiffrep.evaluate import features
 from jdiffrep.evaluate import probe
 from jdiffrep.evaluate import timestep_probe
@@ -60,7 +62,8 @@ def load_representation(config, workdir: str, name: str, image_shape):
 
 
 def attribute_probes(feature_sets: dict, attribute_names, *, epochs: int, seed: int,
-                     standardize: bool = True) -> dict:
+                     standardize: bool = True,
+                     chunk_bytes: int = probe.DEFAULT_CHUNK_BYTES) -> dict:
   """A linear attribute probe per feature set: validation and test mean AP, AP per attribute.
 
   Every feature set is probed: pixels, DiTi's and PDAE's z, and sdae's z_t and the DM's features
@@ -72,7 +75,8 @@ def attribute_probes(feature_sets: dict, attribute_names, *, epochs: int, seed: 
     split_y = {s: feature_sets[s]['attributes'] for s in ('train', 'validation', 'test')}
     result = probe.train_attribute_probe(
         split_x['train'], split_y['train'], split_x['validation'], split_y['validation'],
-        split_x['test'], split_y['test'], epochs=epochs, seed=seed, standardize=standardize)
+        split_x['test'], split_y['test'], epochs=epochs, seed=seed, standardize=standardize,
+        chunk_bytes=chunk_bytes)
     names = attribute_names or [f'attribute_{i}' for i in range(len(result.test_per_label))]
     results[name] = {
         'test_mean_ap': float(result.test_metric),
@@ -85,11 +89,38 @@ def attribute_probes(feature_sets: dict, attribute_names, *, epochs: int, seed: 
   return results
 
 
+def feature_function(encoders: dict, sdae=None, dm=None, *, sdae_timesteps=(), dm_timesteps=(),
+                     seed: int = 0):
+  """images [B, H, W, C] -> {name: [B, D]}: raw pixels, each encoder's z and the t sweep.
+
+  encoders: {name: (method, EMA params)} of methods with `encode` (DiTi, PDAE); sdae, dm:
+  (method, EMA params) or None (`embedding_probe.sweep_features`). The parameters enter the
+  jitted function as arguments, never as closed-over constants: XLA:CPU constant-folds captured
+  parameters, and with the CelebA encoder's at batch >= 128 that returned NaN for every image
+  (jax 0.10, seen 2026-12-02); as arguments the same batch is finite (and compiles faster).
+  """
+  sweep_fn = embedding_probe.sweep_features(
+      sdae and sdae[0], dm and dm[0], sdae_timesteps=sdae_timesteps, dm_timesteps=dm_timesteps,
+      seed=seed)
+  params = {'encoders': {name: p for name, (_, p) in encoders.items()},
+            'sweep': {k: v[1] for k, v in (('sdae', sdae), ('dm', dm)) if v is not None}}
+
+  @jax.jit
+  def features_of(params, x):
+    out = {'pixels': x.reshape(x.shape[0], -1)}
+    for name, (method, _) in encoders.items():
+      out[name] = method.encode(params['encoders'][name], x)
+    out.update(sweep_fn(params['sweep'], x))
+    return out
+
+  return lambda images: features_of(params, images)
+
+
 def reconstruction(method, frozen, params, test_images: np.ndarray, *, num_steps: int,
                    out_path) -> dict:
   """DDIM encode -> decode with the learned z: MSE, PSNR (images in [-1, 1]) and a grid PNG."""
-  recon_fn = jax.jit(lambda x: method.reconstruct(params, frozen, x, num_steps=num_steps))
-  recon = np.clip(np.asarray(recon_fn(jnp.asarray(test_images))), -1.0, 1.0)
+  recon_fn = jax.jit(lambda p, f, x: method.reconstruct(p, f, x, num_steps=num_steps))
+  recon = np.clip(np.asarray(recon_fn(params, frozen, jnp.asarray(test_images))), -1.0, 1.0)
   mse = float(np.mean((recon - test_images) ** 2))
   psnr = float(10 * np.log10(4.0 / mse))  # peak-to-peak range of [-1, 1] is 2
   rows = [pipeline.to_uint8(test_images[:8]), pipeline.to_uint8(recon[:8])]
@@ -198,13 +229,24 @@ def counterfactual_study(config, spec, method, params, frozen, out_dir) -> dict:
 
 
 def evaluate(config, workdir: str) -> dict:
-  """Runs every evaluation that applies to the stages in `config.pipeline`."""
+  """Runs every evaluation that applies to the stages in `config.pipeline`.
+
+  Feature sets over `config.evaluate.feature_memory_mb` are spilled to a scratch directory under
+  `config.evaluate.feature_dir` (local; default the system temp dir), deleted at the end.
+  """
+  with tempfile.TemporaryDirectory(prefix='jdiffrep_features_',
+                                   dir=config.evaluate.feature_dir or None) as scratch:
+    return _evaluate(config, workdir, scratch)
+
+
+def _evaluate(config, workdir: str, scratch_dir: str) -> dict:
   out_dir = paths.absolute(workdir) / config_lib.EVALUATE_STAGE  # local or a URL (gs://...)
   out_dir.mkdir(parents=True, exist_ok=True)
   spec = registry.get_spec(config.dataset.name)
   resolution = config.dataset.resolution
   image_shape = (resolution, resolution, 3)
   eval_config = config.evaluate
+  chunk_bytes = eval_config.probe_chunk_mb * 2 ** 20
 
   loaded = {name: load_representation(config, workdir, name, image_shape)
             for name in REPRESENTATION_METHODS if name in config.pipeline}
@@ -214,29 +256,24 @@ def evaluate(config, workdir: str) -> dict:
           if 'sdae' in config.pipeline else None)
   dm = (load_representation(config, workdir, 'ddpm', image_shape)[:2]
         if sdae is not None and 'ddpm' in config.pipeline else None)
-  sweep_fn = embedding_probe.sweep_features(
-      sdae, dm, sdae_timesteps=tuple(eval_config.embedding_timesteps),
+  feature_fn = feature_function(
+      {name: method_and_params[:2] for name, method_and_params in loaded.items()}, sdae, dm,
+      sdae_timesteps=tuple(eval_config.embedding_timesteps),
       dm_timesteps=tuple(eval_config.dm_feature_timesteps), seed=config.seed)
-
-  def feature_fn(x):
-    out = {'pixels': x.reshape(x.shape[0], -1)}
-    for name, (method, params, _) in loaded.items():
-      out[name] = method.encode(params, x)
-    out.update(sweep_fn(x))
-    return out
-
-  feature_fn = jax.jit(feature_fn)
   splits = _split_names(spec)
   results = {'splits': splits}
   if _has_probe_targets(config.dataset, splits['train'], spec.attribute_names):
-    feature_sets = {
-        key: features.extract(feature_fn, config.dataset, split,
-                              batch_size=eval_config.batch_size,
-                              limit=(eval_config.train_limit if key == 'train'
-                                     else eval_config.eval_limit))
-        for key, split in splits.items()}
-    results['num_examples'] = {k: int(len(next(iter(v['features'].values()))))
+    store = feature_store.FeatureStore(scratch_dir, eval_config.feature_memory_mb * 2 ** 20)
+    try:
+      feature_sets = features.extract(
+          feature_fn, config.dataset, splits, store, batch_size=eval_config.batch_size,
+          limits={'train': eval_config.train_limit, 'validation': eval_config.eval_limit,
+                  'test': eval_config.eval_limit})
+    finally:
+      store.close()
+    results['num_examples'] = {k: feature_store.num_rows(next(iter(v['features'].values())))
                                for k, v in feature_sets.items()}
+    results['features_streamed_from_disk'] = [f'{key}/{name}' for key, name in store.spilled]
   else:  # FFHQ, Bedroom: nothing to probe, so no features are extracted
     logging.info('%s has neither attributes nor class labels: no probes, only reconstructions '
                  'and label-free counterfactuals.', spec.name)
@@ -244,7 +281,7 @@ def evaluate(config, workdir: str) -> dict:
   if 'attributes' in feature_sets['train']:
     attribute = attribute_probes(
         feature_sets, spec.attribute_names, epochs=eval_config.probe_epochs, seed=config.seed,
-        standardize=eval_config.probe_standardize)
+        standardize=eval_config.probe_standardize, chunk_bytes=chunk_bytes)
     results['attribute_probe'] = attribute
     results['attribute_probe_summary'] = embedding_probe.summarize_attribute_probe(attribute)
     if sdae is not None:
@@ -255,7 +292,8 @@ def evaluate(config, workdir: str) -> dict:
   if all(feature_sets[s]['labels'] for s in embedding_probe.SPLITS):
     categorical = embedding_probe.probe_features(
         feature_sets, list(feature_sets['train']['features']), epochs=eval_config.probe_epochs,
-        seed=config.seed, knn_k=eval_config.knn_k, standardize=eval_config.probe_standardize)
+        seed=config.seed, knn_k=eval_config.knn_k, standardize=eval_config.probe_standardize,
+        chunk_bytes=chunk_bytes)
     results['categorical_probe'] = categorical
     results['categorical_probe_summary'] = embedding_probe.summarize(categorical)
     if sdae is not None:
@@ -281,7 +319,7 @@ def evaluate(config, workdir: str) -> dict:
     def probe_groups(z_by_split, png_name, **plot_kwargs):
       result = timestep_probe.group_probe(
           z_by_split, attributes, method.partition, groups, epochs=eval_config.probe_epochs,
-          standardize=eval_config.probe_standardize,
+          standardize=eval_config.probe_standardize, chunk_bytes=chunk_bytes,
           seed=config.seed, attribute_names=spec.attribute_names)
       timestep_probe.plot_group_ap(result, spec.attribute_names,
                                    out_dir / png_name, **plot_kwargs)

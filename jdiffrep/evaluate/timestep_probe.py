@@ -19,6 +19,7 @@ from PIL import ImageFont
 from jdiffrep import images
 from jdiffrep import timestep_features
 from jdiffrep.evaluate import counterfactual
+from jdiffrep.evaluate import feature_store
 from jdiffrep.evaluate import probe
 
 SPLITS = ('train', 'validation', 'test')
@@ -30,7 +31,7 @@ def group_columns(partition: timestep_features.TimestepPartition,
   return np.flatnonzero(partition.subset_range_mask(*group))
 
 
-def group_probe(features_by_split: Mapping[str, np.ndarray],
+def group_probe(features_by_split: Mapping[str, feature_store.Features],
                 attributes_by_split: Mapping[str, np.ndarray],
                 partition: timestep_features.TimestepPartition,
                 groups: Sequence[counterfactual.Group], *, epochs: int = 15, seed: int = 0,
@@ -38,7 +39,7 @@ def group_probe(features_by_split: Mapping[str, np.ndarray],
   """A linear attribute probe on each group's dims of z alone.
 
   Args:
-    features_by_split: {'train', 'validation', 'test'} -> z [N, d].
+    features_by_split: {'train', 'validation', 'test'} -> z [N, d], arrays or streamed.
     attributes_by_split: the same splits -> binary attributes [N, A].
     partition: the representation's time-step partition (which dims each subset owns).
     groups: subset ranges [start, end), e.g. `counterfactual.subset_groups(k)`.
@@ -62,7 +63,7 @@ def group_probe(features_by_split: Mapping[str, np.ndarray],
   result = {}
   for group in groups:
     columns = group_columns(partition, group)
-    x = {s: np.asarray(features_by_split[s])[:, columns] for s in SPLITS}
+    x = {s: feature_store.take_columns(features_by_split[s], columns) for s in SPLITS}
     y = {s: attributes_by_split[s] for s in SPLITS}
     fit = probe.train_attribute_probe(x['train'], y['train'], x['validation'], y['validation'],
                                       x['test'], y['test'], epochs=epochs, seed=seed,
@@ -77,8 +78,8 @@ def group_probe(features_by_split: Mapping[str, np.ndarray],
   return result
 
 
-def random_rotation(features_by_split: Mapping[str, np.ndarray], seed: int = 0
-                    ) -> dict[str, np.ndarray]:
+def random_rotation(features_by_split: Mapping[str, feature_store.Features], seed: int = 0
+                    ) -> dict[str, feature_store.Features]:
   """Every split's z [N, d] times one Haar-random orthogonal [d, d] matrix (float32).
 
   The reference for `group_probe`: a group of the rotated z is a random subspace of z with the
@@ -87,10 +88,10 @@ def random_rotation(features_by_split: Mapping[str, np.ndarray], seed: int = 0
   head is one Linear layer this is what dims the decoder ignores look like (they stay random
   projections of the shared features).
   """
-  d = np.asarray(next(iter(features_by_split.values()))).shape[1]
+  d = next(iter(features_by_split.values())).shape[1]
   q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, d)))
   rotation = (q * np.sign(np.diag(r))).astype(np.float32)  # sign fix: Haar-distributed
-  return {split: np.asarray(z, np.float32) @ rotation for split, z in features_by_split.items()}
+  return {split: feature_store.matmul(z, rotation) for split, z in features_by_split.items()}
 
 
 def best_group_per_attribute(result: dict) -> dict[str, str]:
