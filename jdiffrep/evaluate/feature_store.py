@@ -140,15 +140,22 @@ class FeatureStore:
   `<directory>/<n>.f32` (and every later batch of them appended there) until the rest fits.
   `finish(key)` returns the set: a NumPy array if it never spilled, else a `FeatureFile`.
   Rows must be finite: a NaN from an encoder is reported here, by name, not inside a probe.
+
+  In memory, rows are copied into blocks of about `BLOCK_BYTES`, not kept as one small array per
+  batch: large allocations go back to the OS when freed, where thousands of small ones would stay
+  in the allocator's heap (resident) after the set is assembled or spilled.
   """
+
+  BLOCK_BYTES = 64 * 2 ** 20
 
   def __init__(self, directory: str, memory_budget_bytes: int):
     if memory_budget_bytes < 0:
       raise ValueError(f'memory_budget_bytes must be >= 0, got {memory_budget_bytes}')
     self._directory = directory
     self._budget = int(memory_budget_bytes)
-    self._batches: dict[Hashable, list[np.ndarray]] = {}
-    self._bytes: dict[Hashable, int] = {}
+    self._blocks: dict[Hashable, list[np.ndarray]] = {}  # the last one filled up to _tail rows
+    self._tail: dict[Hashable, int] = {}
+    self._bytes: dict[Hashable, int] = {}  # in-memory sets only
     self._files: dict[Hashable, tuple[str, object]] = {}  # key -> (path, open handle)
     self._rows: dict[Hashable, int] = {}
     self._dims: dict[Hashable, int] = {}
@@ -156,7 +163,7 @@ class FeatureStore:
 
   def append(self, key: Hashable, rows: np.ndarray) -> None:
     """Adds rows [B, D] to the set `key` (D fixed per key)."""
-    rows = np.ascontiguousarray(rows, dtype='<f4')
+    rows = np.asarray(rows, dtype='<f4')
     if rows.ndim != 2:
       raise ValueError(f'features {key!r} must be [B, D], got shape {rows.shape}')
     if self._dims.setdefault(key, rows.shape[1]) != rows.shape[1]:
@@ -167,18 +174,38 @@ class FeatureStore:
                        'is broken.')
     self._rows[key] = self._rows.get(key, 0) + rows.shape[0]
     if key in self._files:
-      rows.tofile(self._files[key][1])
+      np.ascontiguousarray(rows).tofile(self._files[key][1])
       return
-    self._batches.setdefault(key, []).append(rows)
+    self._copy_into_blocks(key, rows)
     self._bytes[key] = self._bytes.get(key, 0) + rows.nbytes
     while sum(self._bytes.values()) > self._budget and self._bytes:
       self._spill(max(self._bytes, key=self._bytes.get))
 
+  def _copy_into_blocks(self, key: Hashable, rows: np.ndarray) -> None:
+    blocks = self._blocks.setdefault(key, [])
+    block_rows = max(1, self.BLOCK_BYTES // (rows.shape[1] * FLOAT_BYTES))
+    done = 0
+    while done < len(rows):
+      if not blocks or self._tail[key] == len(blocks[-1]):
+        blocks.append(np.empty((block_rows, rows.shape[1]), '<f4'))  # pages touched as filled
+        self._tail[key] = 0
+      tail = self._tail[key]
+      count = min(len(rows) - done, block_rows - tail)
+      blocks[-1][tail:tail + count] = rows[done:done + count]
+      self._tail[key] += count
+      done += count
+
+  def _filled_blocks(self, key: Hashable) -> list[np.ndarray]:
+    """The in-memory rows of `key` as views of its blocks, in order; the store lets go of them."""
+    blocks = self._blocks.pop(key, [])
+    tail = self._tail.pop(key, 0)
+    return blocks[:-1] + [blocks[-1][:tail]] if blocks else []
+
   def _spill(self, key: Hashable) -> None:
     path = os.path.join(self._directory, f'{len(self._files)}.f32')
     handle = open(path, 'wb')  # pylint: disable=consider-using-with  # closed by finish()
-    for batch in self._batches.pop(key):
-      batch.tofile(handle)
+    for block in self._filled_blocks(key):
+      block.tofile(handle)
     del self._bytes[key]
     self._files[key] = (path, handle)
     self.spilled.append(key)
@@ -192,7 +219,8 @@ class FeatureStore:
     self._bytes.pop(key)
     self._rows.pop(key)
     self._dims.pop(key)
-    return np.concatenate(self._batches.pop(key))
+    blocks = self._filled_blocks(key)
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
   def close(self) -> None:
     for _, handle in self._files.values():

@@ -330,7 +330,9 @@ class _StandardizedChunks:
     rows = feature_store.read_rows(self.x, start, stop)
     if feature_store.is_streamed(self.x):
       _check_finite(f'{self.name}[{start}:{stop}]', rows)
-    scaled = jnp.asarray((rows - self.mean32) / self.std32)
+    scaled = np.subtract(rows, self.mean32, dtype=np.float32)  # one copy, divided in place
+    scaled /= self.std32
+    scaled = jnp.asarray(scaled)
     if not self.chunked:
       self._resident = scaled
     return scaled
@@ -379,6 +381,10 @@ def _fit_linear_probe(train_x: _StandardizedChunks, train_targets: np.ndarray,
       targets = (resident_targets if resident_targets is not None
                  else jnp.asarray(train_targets[start:stop]))
       params, opt_state = train_epoch(params, opt_state, train_x.get(start, stop), targets, key)
+      if train_x.chunked:
+        # Wait for this chunk before reading the next: with JAX's asynchronous dispatch the loop
+        # would otherwise read every chunk ahead of the computation, holding them all at once.
+        params = jax.block_until_ready(params)
     validation_metrics.append(float(validation_metric(val_x.logits(params))))
     if best_params is None or validation_metrics[-1] > validation_metrics[best_epoch]:
       best_epoch, best_params = epoch, jax.tree.map(np.asarray, params)
