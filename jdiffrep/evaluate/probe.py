@@ -403,9 +403,10 @@ def _prepare_features(train_x: Features, val_x: Features, test_x: Features, stan
                             (('train_x', train_x), ('val_x', val_x), ('test_x', test_x)))
   _check_same_width(train_x=train_x, val_x=val_x, test_x=test_x)
   _check_positive(chunk_bytes=chunk_bytes)
-  mean, std = standardization_stats(train_x, chunk_bytes)
-  if not standardize:
-    mean, std = np.zeros_like(mean), np.ones_like(std)
+  if standardize:
+    mean, std = standardization_stats(train_x, chunk_bytes)
+  else:  # no pass over the data (a streamed matrix is checked as its chunks are read)
+    mean, std = np.zeros(train_x.shape[1]), np.ones(train_x.shape[1])
   chunk_rows = feature_store.chunk_rows_for(train_x.shape[1], chunk_bytes, batch_size)
   mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
   return (*(_StandardizedChunks(name, x, mean32, std32, chunk_rows) for name, x in
