@@ -88,9 +88,10 @@ _CONFIG = config_flags.DEFINE_config_dict('config', small_celeba_config())
 def _write_image(args) -> None:
   path, seed, smiling, male = args
   from PIL import Image  # pylint: disable=g-import-not-at-top
+  from jdiffrep.data import registry  # pylint: disable=g-import-not-at-top
   from jdiffrep.data import sources  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
-  top, left, height, width = sources.CELEBA_CROP
+  top, left, height, width = registry.CELEBA_CROP
   image = np.full((*sources.CELEBA_IMAGE_SIZE, 3), 128, np.uint8)
   crop = np.broadcast_to(rng.integers(40, 120, (1, 1, 3), dtype=np.uint8),
                          (height, width, 3)).copy()

@@ -30,4 +30,8 @@ def get_config(arg: str | None = None):
   config.stage_overrides.sdae.num_train_steps = 14_000
   config.checkpoint_every_steps = 1_000
   config.evaluate.counterfactual_pairs = 64
+  # The sweeps and previews that the 20-minute default trims.
+  config.evaluate.embedding_timesteps = (0, 100, 400)
+  config.evaluate.dm_feature_timesteps = (0, 100)
+  config.sample.num_images = 64
   return config

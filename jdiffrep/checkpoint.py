@@ -205,6 +205,14 @@ def check_tree_matches(loaded, expected, *, what: str):
   return jax.tree.map(lambda x, want: jax.numpy.asarray(x, want.dtype), loaded, expected)
 
 
+def latest_step(directory: epath.PathLike) -> int | None:
+  """The step of the newest finished checkpoint in `directory`, None when there is none."""
+  manager = make_manager(directory, max_to_keep=1, create=False)
+  step = manager.latest_step()
+  manager.close()
+  return step
+
+
 def load_trained_params(directory: str, expected, *, what: str, key: str = 'ema_params'):
   """The EMA (or `key`) params of the newest checkpoint in `directory`, checked against `expected`.
 

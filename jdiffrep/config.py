@@ -124,6 +124,10 @@ def base_config() -> ml_collections.ConfigDict:
   # probe, so its capacity is the same): one learning rate fits features of any scale. The
   # official DiTi probe trains on raw z (paper_scale_pipeline turns this off).
   config.evaluate.probe_standardize = True
+  # Train the linear probes on randomly flipped training images, as the official DiTi probe does
+  # (on features: those of the mirrored train images are extracted too, and each epoch takes
+  # one of an example's two views at random). Not for datasets whose labels a flip changes.
+  config.evaluate.probe_train_flip = False
   # Images of each split that the evaluation encodes (the first ones, in record order).
   config.evaluate.train_limit = ml_collections.config_dict.placeholder(int)  # None: whole split
   config.evaluate.eval_limit = ml_collections.config_dict.placeholder(int)  # validation and test
@@ -147,10 +151,22 @@ def base_config() -> ml_collections.ConfigDict:
   # images (0.968 from 4000), every other attribute at >= 0.994.
   config.evaluate.classifier_train_images = 8000
   config.evaluate.classifier_steps = 2000
-  # Time-steps at which sdae embeddings (and the DM's mid-block features) are probed.
+  # Time-steps at which sdae's z_t and the DM's mid-block features (the DDAE baseline, whenever
+  # 'ddpm' is in the pipeline) are probed; () leaves that stage's features out.
   config.evaluate.embedding_timesteps = (0, 10, 25, 50, 100, 200, 400)
   config.evaluate.dm_feature_timesteps = (0, 10, 25, 50, 100, 200, 400)
   config.evaluate.knn_k = 20
+  # The evaluators the stage runs (jdiffrep/evaluate/evaluators/): each entry names its `type`
+  # and options; `enabled=False` leaves one out. An evaluator that lacks what it needs
+  # (attributes, labels, a stage with time-step subsets) is skipped with the reason.
+  config.evaluate.evals = ml_collections.ConfigDict({
+      'attribute_probe': {'type': 'attribute_probe', 'enabled': True},
+      'categorical_probe': {'type': 'categorical_probe', 'enabled': True},
+      'accuracy_vs_t': {'type': 'accuracy_vs_t', 'enabled': True},
+      'reconstruction': {'type': 'reconstruction', 'enabled': True},
+      'timestep_probe': {'type': 'timestep_probe', 'enabled': True, 'stage': 'diti'},
+      'counterfactual': {'type': 'counterfactual', 'enabled': True, 'stage': 'diti'},
+  })
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1  # -1: all devices not used by the other axes
@@ -168,7 +184,8 @@ def paper_scale_pipeline(config: ml_collections.ConfigDict, *, num_train_steps: 
   Stages ddpm, diti, pdae, sdae, evaluate; the representation stages train
   `representation_steps`, the DM `num_train_steps`. Counterfactuals invert with 1000 DDIM steps,
   generate with 100 and move x_T by the same slerp as z (`eval/counterfactual_generation.py`);
-  the linear probes train on raw features (`eval/multitask_classification.py`).
+  the linear probes train on raw features of randomly flipped training images
+  (`eval/multitask_classification.py`).
   """
   config.num_train_steps = num_train_steps
   config.pipeline = ('ddpm', 'diti', 'pdae', 'sdae', 'evaluate')
@@ -179,6 +196,7 @@ def paper_scale_pipeline(config: ml_collections.ConfigDict, *, num_train_steps: 
   config.evaluate.counterfactual_alpha = 1.0
   config.evaluate.counterfactual_noise_alpha = 1.0
   config.evaluate.probe_standardize = False
+  config.evaluate.probe_train_flip = True
 
 
 def _check_choice(path: str, value, valid) -> None:
@@ -229,6 +247,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.evaluate.feature_dir={feature_dir!r} must be a local directory: '
                      'the evaluation re-reads its spill files at random offsets. Leave it unset '
                      'for the system temp dir.')
+  from jdiffrep.evaluate import evaluators  # pylint: disable=g-import-not-at-top
+  for name, entry in config.evaluate.evals.items():
+    evaluators.check_entry(name, entry)
+  spec = registry.get_spec(config.dataset.name)
+  if config.evaluate.probe_train_flip and not spec.flip_preserves_labels:
+    raise ValueError(f'config.evaluate.probe_train_flip=True, but a horizontal flip changes the '
+                     f'labels of {spec.name!r} (e.g. position left/right); set it to False.')
   for field in ('counterfactual_alpha', 'counterfactual_noise_alpha'):
     if not 0.0 <= config.evaluate[field] <= 1.0:
       raise ValueError(f'config.evaluate.{field}={config.evaluate[field]} must be in [0, 1] '

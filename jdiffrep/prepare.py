@@ -25,7 +25,7 @@ import json
 import os
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 from absl import app
 from absl import flags
@@ -36,14 +36,8 @@ from jdiffrep.data import prepared_builder
 from jdiffrep.data import registry
 from jdiffrep.data import sources
 
-# Dataset name -> (builder class, reader of the source directory).
-READERS: dict[str, tuple[type, Callable[..., sources.Source]]] = {
-    'celeba': (prepared_builder.JdiffrepCeleba, sources.read_celeba),
-    'ffhq': (prepared_builder.JdiffrepFfhq, sources.read_ffhq),
-    'bedroom': (prepared_builder.JdiffrepBedroom, sources.read_lsun),
-    'cifar10': (prepared_builder.JdiffrepCifar10, sources.read_cifar10),
-    'folder': (prepared_builder.JdiffrepFolder, sources.read_image_folder),
-}
+# The datasets prepared from their original files (their `registry.DatasetSpec` has a reader).
+PREPARABLE = tuple(sorted(name for name, spec in registry.DATASETS.items() if spec.reader))
 REPORT_NAMES_PER_REASON = 20  # file names logged per problem kind (the report has them all)
 
 
@@ -104,16 +98,16 @@ def read_source(
 
   `source_dir='tfds'` reads TFDS's own builder of the dataset, already built in `data_dir`.
   """
-  if dataset not in READERS:
-    raise ValueError(f'Unknown dataset {dataset!r}; prepare knows {sorted(READERS)}.')
+  if dataset not in PREPARABLE:
+    raise ValueError(f'Unknown dataset {dataset!r}; prepare knows {list(PREPARABLE)}.')
   if labels_csv and dataset != 'folder':
     raise ValueError(f'--labels_csv is for --dataset=folder; {dataset} brings its own labels.')
   if source_dir == TFDS_SOURCE:
     return sources.read_tfds(dataset, data_dir or registry.default_data_dir())
-  reader = READERS[dataset][1]
+  spec = registry.get_spec(dataset)
   if dataset == 'folder':
-    return reader(source_dir, labels_csv, test_fraction=test_fraction)
-  return reader(source_dir)
+    return spec.read_source(source_dir, labels_csv, test_fraction=test_fraction)
+  return spec.read_source(source_dir)
 
 
 def prepare(
@@ -128,11 +122,12 @@ def prepare(
     test_fraction: float = 0.1,
     overwrite: bool = False,
     num_workers: int | None = None,
+    resize: str | None = None,
 ) -> PrepareResult:
   """Converts `source_dir` (original format of `dataset`) into a prepared TFDS dataset.
 
   Args:
-    dataset: a key of READERS ('celeba', 'ffhq', 'bedroom', 'cifar10', 'folder').
+    dataset: one of PREPARABLE ('bedroom', 'celeba', 'cifar10', 'ffhq', 'folder').
     source_dir: the original files (see `jdiffrep.data.sources` for each layout), or 'tfds'
       for TFDS's own `celeb_a` / `cifar10` / `lsun/bedroom` already built in `data_dir`.
     data_dir: TFDS data dir to write into; None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
@@ -144,6 +139,8 @@ def prepare(
     overwrite: rebuild even when the dataset is already prepared.
     num_workers: threads decoding, resizing and encoding images; None: one per CPU core.
       The records are written in source order whatever the number.
+    resize: the PIL filter, 'bilinear' or 'bicubic'; None: the dataset's (`DatasetSpec.resize`:
+      bilinear, as the official code, for CelebA, FFHQ and Bedroom).
 
   Returns:
     A PrepareResult; its `summary()` is also logged.
@@ -176,6 +173,7 @@ def prepare(
       source_description=str(source_dir),
       start=start,
       num_workers=num_workers,
+      resize=resize,
   )
 
 
@@ -211,12 +209,17 @@ def write_source(
     source_description: str = '',
     start: float | None = None,
     num_workers: int | None = None,
+    resize: str | None = None,
 ) -> PrepareResult:
   """Writes a scanned `source` as the prepared `dataset` (see `prepare` for the options)."""
   start = time.perf_counter() if start is None else start
   resolution, tfds_name = _check_and_name(dataset, resolution, on_error, name)
   dataset_dir = registry.prepared_dir(data_dir, tfds_name)
-  eval_split = registry.get_spec(dataset).eval_split
+  spec = registry.get_spec(dataset)
+  resize = resize or spec.resize
+  if spec.crop is not None:  # the dataset's own crop (CelebA's), whoever scanned the source
+    source = dataclasses.replace(source, crop=spec.crop)
+  eval_split = spec.eval_split
   if not source.splits.get(eval_split):
     raise sources.SourceError(
         f'{source_description or dataset} has no images for the {eval_split!r} split, which '
@@ -232,14 +235,15 @@ def write_source(
         f'{len(source.problems)} problem(s) in {source_description or dataset}, first: '
         + prepared_builder.fail_message(source.problems[0])
     )
-  builder = READERS[dataset][0](
+  builder = prepared_builder.builder_for(spec)(
       source=source,
       resolution=resolution,
+      resize=resize,
       config_name=tfds_name.split('/')[1],
       on_error=on_error,
       data_dir=data_dir,
       file_format=prepared_builder.FILE_FORMAT,
-      description=f'{dataset} from {source_description}, {resolution}x{resolution}.',
+      description=f'{dataset} from {source_description}, {resolution}x{resolution} ({resize}).',
       num_workers=num_workers or os.cpu_count() or 1,
   )
   mode = (
@@ -262,6 +266,7 @@ def write_source(
       'tfds_name': tfds_name,
       'source': source_description,
       'resolution': resolution,
+      'resize': resize,
       'num_examples': result.num_examples,
       'seconds': round(result.seconds, 2),
       'left_out': [dataclasses.asdict(p) for p in result.problems],
@@ -272,7 +277,7 @@ def write_source(
 
 
 FLAGS = flags.FLAGS
-_DATASET = flags.DEFINE_enum('dataset', None, sorted(READERS), 'Dataset to prepare.')
+_DATASET = flags.DEFINE_enum('dataset', None, list(PREPARABLE), 'Dataset to prepare.')
 _SOURCE = flags.DEFINE_string(
     'source',
     None,
@@ -318,6 +323,10 @@ _NUM_WORKERS = flags.DEFINE_integer(
     'core. The output is the same for any number.',
 )
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Rebuild even if already prepared.')
+_RESIZE = flags.DEFINE_enum(
+    'resize', None, list(registry.RESIZE_FILTERS),
+    'PIL filter to resize with; default the dataset\'s (bilinear, as the official DiTi code, for '
+    'celeba, ffhq and bedroom; bicubic otherwise).')
 
 
 def main(argv: Sequence[str]) -> None:
@@ -335,6 +344,7 @@ def main(argv: Sequence[str]) -> None:
         test_fraction=_TEST_FRACTION.value,
         overwrite=_OVERWRITE.value,
         num_workers=_NUM_WORKERS.value,
+        resize=_RESIZE.value,
     )
   except (sources.SourceError, prepared_builder.PrepareError) as error:
     sys.exit(f'jdiffrep.prepare: {error}')  # the message says what to fix; no traceback

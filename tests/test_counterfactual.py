@@ -1,6 +1,5 @@
 """DiTi counterfactuals: subset groups, mixing z and x_T, the DDIM plumbing, and reading results."""
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +13,11 @@ from jdiffrep import timestep_features
 from jdiffrep import train
 from jdiffrep.data import pipeline
 from jdiffrep.data import shapes
+from jdiffrep.evaluate import attribute_reader
 from jdiffrep.evaluate import counterfactual
+from jdiffrep.evaluate import counterfactual_grid
+from jdiffrep.evaluate import metrics
+from jdiffrep.evaluate.evaluators import counterfactual as counterfactual_evaluator
 from tests.conftest import small_config
 
 
@@ -171,7 +174,7 @@ def test_zero_branch_means_every_swap_is_the_reconstruction(tiny_diti, pairs, tm
   assert np.abs(result['reconstruction'] - images_a).mean() < 0.1
 
   names = [counterfactual.group_label(method.partition, g) for g in groups]
-  path = counterfactual.save_counterfactual_grid(str(tmp_path / 'cf.png'), images_a, images_b,
+  path = counterfactual_grid.save_counterfactual_grid(str(tmp_path / 'cf.png'), images_a, images_b,
                                                  result, names)
   with Image.open(path) as image:
     assert image.size == (7 * (64 + 2) + 2, 16 + 3 * (64 + 2) + 2)  # header + 3 rows of 7
@@ -273,7 +276,7 @@ def test_attribute_classifier_reads_every_shapes_attribute():
   train_images, train_labels = _shapes_images('train', range(8000))
   test_images, test_labels = _shapes_images('test', range(1000))
   num_classes = {name: len(v) for name, v in shapes.CATEGORICAL_ATTRIBUTES.items()}
-  classifier = counterfactual.train_attribute_classifier(
+  classifier = attribute_reader.train_attribute_classifier(
       train_images, train_labels, num_classes, steps=2000, seed=0, test_images=test_images,
       test_labels=test_labels)
   assert set(classifier.test_accuracy) == set(num_classes)
@@ -309,19 +312,17 @@ def test_pixel_distances_place_a_at_zero_and_b_at_one():
 def test_binary_attributes_become_two_class_reader_targets_with_their_ap():
   """CelebA-like data (binary attributes, no categorical labels): the reader learns each
   attribute as a 2-class head and reports its test AP."""
-  from jdiffrep.evaluate import pipeline_eval  # pylint: disable=g-import-not-at-top
-  from jdiffrep.evaluate import probe  # pylint: disable=g-import-not-at-top
   images, labels = _shapes_images('train', range(3000))
   # Two binary attributes of the image: a blue background, and the shape in the left half.
   attributes = np.stack([labels['background'] == 0, labels['position'] % 2 == 0], axis=1)
   batch = {'image': images, 'attributes': attributes, 'labels': {}}
-  targets = pipeline_eval.reader_targets(batch, ('blue', 'left'))
+  targets = counterfactual_evaluator.reader_targets(batch, ('blue', 'left'))
   assert sorted(targets) == ['blue', 'left']
   np.testing.assert_array_equal(targets['blue'], attributes[:, 0].astype(np.int32))
-  assert pipeline_eval.reader_targets({'image': images, 'labels': {}}, None) == {}
-  assert set(pipeline_eval.reader_targets({'image': images, 'labels': labels}, ('x',))) == set(
-      labels)
-  classifier = counterfactual.train_attribute_classifier(
+  assert counterfactual_evaluator.reader_targets({'image': images, 'labels': {}}, None) == {}
+  assert set(counterfactual_evaluator.reader_targets({'image': images, 'labels': labels},
+                                                     ('x',))) == set(labels)
+  classifier = attribute_reader.train_attribute_classifier(
       images[:2500], {k: v[:2500] for k, v in targets.items()}, {'blue': 2, 'left': 2},
       steps=300, seed=0)
   probabilities = classifier.probabilities(images[2500:])
@@ -329,7 +330,7 @@ def test_binary_attributes_become_two_class_reader_targets_with_their_ap():
   np.testing.assert_allclose(probabilities['blue'].sum(axis=1), 1.0, rtol=1e-5)
   np.testing.assert_array_equal(classifier.classify(images[2500:])['blue'],
                                 probabilities['blue'].argmax(axis=1))
-  ap = pipeline_eval._reader_average_precision(  # pylint: disable=protected-access
+  ap = counterfactual_evaluator.reader_average_precision(
       classifier, images[2500:], {k: v[2500:] for k, v in targets.items()})
-  assert ap['blue'] == probe.average_precision(probabilities['blue'][:, 1], targets['blue'][2500:])
+  assert ap['blue'] == metrics.average_precision(probabilities['blue'][:, 1], targets['blue'][2500:])
   assert ap['blue'] > 0.9, ap

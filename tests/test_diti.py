@@ -14,7 +14,7 @@ from jdiffrep import run
 from jdiffrep import timestep_features
 from jdiffrep import train
 from jdiffrep.data import pipeline
-from jdiffrep.evaluate import pipeline_eval
+from jdiffrep.evaluate.evaluators import counterfactual as counterfactual_evaluator
 from jdiffrep.methods import diti
 from tests.conftest import small_config
 
@@ -247,8 +247,8 @@ def test_pipeline_runs_every_stage_and_reuses_finished_ones(diti_config, tmp_pat
   assert os.path.exists(os.path.join(workdir, 'evaluate', 'timestep_probe_random_rotation.png'))
   # One counterfactual row per probed group, plus the control that swaps all of z.
   assert set(evaluation['counterfactual']['change_rates']) == (
-      set(evaluation['timestep_probe']) | {pipeline_eval.ALL_SUBSETS_LABEL})
-  assert evaluation['counterfactual']['groups'][pipeline_eval.ALL_SUBSETS_LABEL] == [0, 4]
+      set(evaluation['timestep_probe']) | {counterfactual_evaluator.ALL_SUBSETS_LABEL})
+  assert evaluation['counterfactual']['groups'][counterfactual_evaluator.ALL_SUBSETS_LABEL] == [0, 4]
   assert (evaluation['counterfactual']['alpha'], evaluation['counterfactual']['noise_alpha']) == (
       1.0, 0.5)
   # Every representation is read by the same categorical probes; sdae and the DM along t.

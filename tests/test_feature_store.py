@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from jdiffrep.evaluate import feature_store
+from jdiffrep.evaluate import knn
+from jdiffrep.evaluate import metrics
 from jdiffrep.evaluate import probe
 from jdiffrep.evaluate import timestep_probe
 from jdiffrep.evaluate.feature_store import FeatureStore
@@ -104,7 +106,7 @@ def test_streamed_attribute_probe_reads_chunks_and_matches_in_memory(tmp_path, s
   assert streamed.test_metric > 0.9
   assert not np.array_equal(streamed.weights, in_memory.weights)
   # Its test numbers are those of its own weights on the raw (unstreamed) features.
-  test_map, per_attribute = probe.mean_average_precision(test_x @ streamed.weights + streamed.bias,
+  test_map, per_attribute = metrics.mean_average_precision(test_x @ streamed.weights + streamed.bias,
                                                          test_y)
   assert test_map == pytest.approx(streamed.test_metric, abs=1e-4)
   np.testing.assert_allclose(per_attribute, streamed.test_per_label, atol=1e-3)
@@ -126,19 +128,20 @@ def test_streamed_probe_reports_a_non_finite_chunk_by_its_rows(tmp_path):
 def test_streamed_class_probe_and_knn_match_in_memory(tmp_path):
   (train_x, train_y), (val_x, val_y), (test_x, test_y) = [
       gaussian_blobs(seed, n) for seed, n in ((0, 2000), (1, 500), (2, 500))]
-  in_memory = probe.train_class_probe(train_x, train_y, val_x, val_y, test_x, test_y,
-                                      num_classes=10, epochs=3)
+  train_y, val_y, test_y = train_y[:, None], val_y[:, None], test_y[:, None]
+  in_memory = probe.train_categorical_probe(train_x, train_y, val_x, val_y, test_x, test_y,
+                                            num_classes=[10], epochs=3)
   files = [to_file(tmp_path, x, name) for x, name in ((train_x, 'tr'), (val_x, 'va'),
                                                        (test_x, 'te'))]
-  streamed = probe.train_class_probe(files[0], train_y, files[1], val_y, files[2], test_y,
-                                     num_classes=10, epochs=3, chunk_bytes=256 * 16 * 4)
+  streamed = probe.train_categorical_probe(files[0], train_y, files[1], val_y, files[2], test_y,
+                                           num_classes=[10], epochs=3, chunk_bytes=256 * 16 * 4)
   assert streamed.test_metric == pytest.approx(in_memory.test_metric, abs=0.01)
 
   # kNN merges the neighbours of each training chunk: exactly the in-memory search.
-  similarity, indices = probe.knn_neighbours(train_x, test_x, k=20, batch_size=128)
+  similarity, indices = knn.neighbours(train_x, test_x, k=20, batch_size=128)
   counted = CountingFeatures(train_x)
-  stream_similarity, stream_indices = probe.knn_neighbours(counted, files[2], k=20,
-                                                           batch_size=128, chunk_bytes=300 * 16 * 4)
+  stream_similarity, stream_indices = knn.neighbours(counted, files[2], k=20, batch_size=128,
+                                                     chunk_bytes=300 * 16 * 4)
   assert max(counted.reads) == 300 and len(counted.reads) == 7
   np.testing.assert_array_equal(stream_indices, indices)
   np.testing.assert_allclose(stream_similarity, similarity, rtol=1e-6)

@@ -7,6 +7,7 @@ through the training pipeline and checks images, labels and splits against the f
 
 import collections
 import io
+import json
 import os
 import pickle
 import subprocess
@@ -53,11 +54,9 @@ def _read_split(dataset_config, split):
   }
 
 
-def _resize(image, resolution):
-  """Independent reference: PIL bicubic resize of a uint8 image."""
-  return np.asarray(
-      Image.fromarray(image).resize((resolution, resolution), Image.Resampling.BICUBIC)
-  )
+def _resize(image, resolution, method=Image.Resampling.BICUBIC):
+  """Independent reference: PIL resize of a uint8 image (bicubic unless told)."""
+  return np.asarray(Image.fromarray(image).resize((resolution, resolution), method))
 
 
 def _decoded(path):
@@ -85,7 +84,7 @@ CELEBA_SPLIT_OF = {
 def _celeba_image(index):
   """178x218 aligned-face stand-in: a distinct colour inside the official crop, grey outside."""
   image = np.full((218, 178, 3), 128, np.uint8)
-  top, left, height, width = sources.CELEBA_CROP
+  top, left, height, width = registry.CELEBA_CROP
   image[top : top + height, left : left + width] = (
       80 + 15 * index,
       170 - 10 * index,
@@ -122,9 +121,9 @@ def _write_celeba(root, extra_partition=(), broken=(), wrong_size=()):
 
 
 def _expected_celeba(root, name):
-  top, left, height, width = sources.CELEBA_CROP
+  top, left, height, width = registry.CELEBA_CROP
   image = _decoded(root / 'img_align_celeba' / name)[top : top + height, left : left + width]
-  return _resize(image, 64)
+  return _resize(image, 64, Image.Resampling.BILINEAR)  # CelebA's filter: the official one
 
 
 @pytest.fixture(scope='module')
@@ -309,8 +308,17 @@ def test_ffhq_pngs_are_resized_to_128_and_non_square_images_reported(tmp_path):
   assert result.num_examples == {'train': 3}
   assert [(p.name, p.reason) for p in result.problems] == [('00000/crop.png', 'wrong image size')]
   data = _read_split(_dataset_config('ffhq', tmp_path / 'tfds', 128), 'train')
-  want = np.stack([_resize(originals[n], 128) for n in sorted(originals)])
+  want = np.stack([_resize(originals[n], 128, Image.Resampling.BILINEAR)
+                   for n in sorted(originals)])
   np.testing.assert_array_equal(pipeline.to_uint8(data['image']), want)
+  report = json.loads((tmp_path / 'tfds' / 'jdiffrep_ffhq' / '128' / 'prepare_report.json')
+                      .read_text())
+  assert report['resize'] == 'bilinear'
+  # --resize overrides the dataset's filter.
+  prepare.prepare('ffhq', str(root), str(tmp_path / 'bicubic'), on_error='skip', resize='bicubic')
+  data = _read_split(_dataset_config('ffhq', tmp_path / 'bicubic', 128), 'train')
+  np.testing.assert_array_equal(pipeline.to_uint8(data['image']),
+                                np.stack([_resize(originals[n], 128) for n in sorted(originals)]))
 
 
 # ------------------------------------------------------------------------------------- LSUN
@@ -329,7 +337,8 @@ def test_bedroom_lmdb_images_are_centre_cropped_and_resized(tmp_path):
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format='WEBP', lossless=True)
         txn.put(f'{split}{i:04d}'.encode(), buffer.getvalue())
-        want[split].append(_resize(image[:, 42 : 42 + 256], 128))  # centred 256x256 square
+        want[split].append(_resize(image[:, 42 : 42 + 256], 128,  # centred 256x256 square
+                                   Image.Resampling.BILINEAR))
     env.close()
   result = prepare.prepare('bedroom', str(tmp_path), str(tmp_path / 'tfds'))
   assert result.num_examples == {'train': 3, 'validation': 2}
@@ -521,7 +530,7 @@ def test_tfds_own_builder_is_a_source_with_its_feature_keys_mapped(dataset, tmp_
                       lambda self, image: images_lib.encode_png(image))
   with tfds.testing.mock_data(num_examples=3):
     source = prepare.read_source(dataset, 'tfds', data_dir=str(tmp_path / 'tfds'))
-    name, splits = sources.TFDS_EQUIVALENTS[dataset]
+    name, splits = registry.get_spec(dataset).tfds_equivalent
     originals = {
         s: [tfds.data_source(name, split=s, data_dir=str(tmp_path))[i] for i in range(3)]
         for s in splits
@@ -535,8 +544,9 @@ def test_tfds_own_builder_is_a_source_with_its_feature_keys_mapped(dataset, tmp_
     data = _read_split(config, split)
     for i, original in enumerate(originals[split]):
       if dataset == 'celeba':
-        top, left, height, width = sources.CELEBA_CROP
-        want = _resize(original['image'][top : top + height, left : left + width], resolution)
+        top, left, height, width = registry.CELEBA_CROP
+        want = _resize(original['image'][top : top + height, left : left + width], resolution,
+                       Image.Resampling.BILINEAR)
         np.testing.assert_array_equal(
             data['attributes'][i],
             [original['attributes'][n] for n in sources.CELEBA_ATTRIBUTE_NAMES],
@@ -608,3 +618,18 @@ def test_tfds_data_dir_environment_variable_is_the_default(cifar, monkeypatch):
   np.testing.assert_array_equal(
       pipeline.to_uint8(data['image']), _cifar_images(batches['test_batch'])
   )
+
+
+def test_every_dataset_is_one_spec_in_the_registry():
+  """Reader, builder, crop, filter and TFDS equivalent all come from `registry.DATASETS`."""
+  assert prepare.PREPARABLE == ('bedroom', 'celeba', 'cifar10', 'ffhq', 'folder')
+  celeba = registry.get_spec('celeba')
+  builder = prepared_builder.builder_for(celeba)
+  assert builder.name == 'jdiffrep_celeba' and builder is prepared_builder.builder_for(celeba)
+  assert issubclass(builder, prepared_builder.PreparedImages)
+  assert (celeba.crop, celeba.resize, celeba.tfds_equivalent[0]) == (
+      registry.CELEBA_CROP, 'bilinear', 'celeb_a')
+  with pytest.raises(ValueError, match="'shapes' has no original files"):
+    registry.get_spec('shapes').read_source('/nowhere')
+  with pytest.raises(ValueError, match="resize='nearest'"):
+    registry.resize_image(np.zeros((4, 4, 3), np.uint8), 2, 'nearest')

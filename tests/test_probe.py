@@ -4,6 +4,8 @@ import jax
 import numpy as np
 import pytest
 
+from jdiffrep.evaluate import knn
+from jdiffrep.evaluate import metrics
 from jdiffrep.evaluate import probe
 
 # ----------------------------------------------------------------------------------------------
@@ -87,11 +89,11 @@ def attribute_probe_result(attribute_splits):
     ([3.0, 2.0, 1.0], [False, True, False], 1 / 2),
 ])
 def test_average_precision_hand_computed(scores, labels, expected):
-  assert probe.average_precision(np.array(scores), np.array(labels)) == pytest.approx(expected)
+  assert metrics.average_precision(np.array(scores), np.array(labels)) == pytest.approx(expected)
 
 
 def test_average_precision_is_nan_without_positives():
-  assert np.isnan(probe.average_precision(np.array([0.2, 0.1]), np.array([False, False])))
+  assert np.isnan(metrics.average_precision(np.array([0.2, 0.1]), np.array([False, False])))
 
 
 @pytest.mark.parametrize('seed', range(5))
@@ -104,14 +106,14 @@ def test_average_precision_matches_brute_force(seed, tied):
     scores = np.round(scores, 1)  # many ties
   labels = rng.random(n) < rng.uniform(0.05, 0.9)
   labels[rng.integers(n)] = True
-  assert probe.average_precision(scores, labels) == pytest.approx(
+  assert metrics.average_precision(scores, labels) == pytest.approx(
       brute_force_average_precision(scores, labels), abs=1e-12)
 
 
 def test_average_precision_of_random_scores_is_about_positive_rate():
   rng = np.random.default_rng(0)
   labels = rng.random(20000) < 0.2
-  assert probe.average_precision(rng.standard_normal(20000), labels) == pytest.approx(0.2, abs=0.02)
+  assert metrics.average_precision(rng.standard_normal(20000), labels) == pytest.approx(0.2, abs=0.02)
 
 
 def test_mean_average_precision_ignores_attributes_without_positives():
@@ -119,8 +121,8 @@ def test_mean_average_precision_ignores_attributes_without_positives():
   scores = rng.standard_normal((50, 3))
   labels = rng.random((50, 3)) < 0.4
   labels[:, 1] = False
-  mean_ap, per_attribute = probe.mean_average_precision(scores, labels)
-  expected = [probe.average_precision(scores[:, a], labels[:, a]) for a in (0, 2)]
+  mean_ap, per_attribute = metrics.mean_average_precision(scores, labels)
+  expected = [metrics.average_precision(scores[:, a], labels[:, a]) for a in (0, 2)]
   assert np.isnan(per_attribute[1])
   np.testing.assert_allclose(per_attribute[[0, 2]], expected)
   assert mean_ap == pytest.approx(np.mean(expected))
@@ -149,7 +151,7 @@ def test_attribute_probe_weights_reproduce_test_metric_on_raw_features(attribute
   raw = lambda x: x * scale + offset
   result = probe.train_attribute_probe(raw(train_x), train_y, raw(val_x), val_y, raw(test_x),
                                        test_y, epochs=3)
-  test_map, per_attribute = probe.mean_average_precision(raw(test_x) @ result.weights + result.bias,
+  test_map, per_attribute = metrics.mean_average_precision(raw(test_x) @ result.weights + result.bias,
                                                          test_y)
   assert test_map == pytest.approx(result.test_metric, abs=1e-3)
   np.testing.assert_allclose(per_attribute, result.test_per_label, atol=2e-3)
@@ -210,6 +212,30 @@ def test_attribute_probe_is_deterministic(attribute_splits, attribute_probe_resu
   assert not np.array_equal(other_seed.weights, one_epoch.weights)
 
 
+def test_random_flip_trains_on_either_view_of_each_example(attribute_splits,
+                                                            attribute_probe_result):
+  """The mirrored views enter training: identical views change nothing, bit for bit; views that
+  contradict the originals (negated features, same labels) half the time leave nothing to learn."""
+  (train_x, train_y), (val_x, val_y), (test_x, test_y) = attribute_splits
+  same = probe.train_attribute_probe(train_x, train_y, val_x, val_y, test_x, test_y,
+                                     train_x_mirrored=train_x.copy())
+  np.testing.assert_array_equal(same.weights, attribute_probe_result.weights)
+  contradicting = probe.train_attribute_probe(train_x, train_y, val_x, val_y, test_x, test_y,
+                                              train_x_mirrored=-train_x, epochs=5)
+  assert attribute_probe_result.test_metric > 0.95
+  assert contradicting.test_metric < attribute_probe_result.test_metric - 0.2
+  with pytest.raises(ValueError, match='train_x_mirrored must have the shape of train_x'):
+    probe.train_attribute_probe(train_x, train_y, val_x, val_y, test_x, test_y,
+                                train_x_mirrored=train_x[:10])
+
+
+def test_flip_half_takes_each_row_from_one_view_about_half_the_time():
+  x = np.zeros((10000, 3), np.float32)
+  mixed = np.asarray(probe._flip_half(jax.random.key(3), x, x + 1))  # pylint: disable=protected-access
+  assert set(np.unique(mixed)) == {0.0, 1.0} and (mixed == mixed[:, :1]).all()
+  assert mixed[:, 0].mean() == pytest.approx(0.5, abs=0.02)
+
+
 def test_epoch_batches_cover_every_example_once_and_keep_the_partial_batch():
   # pylint: disable-next=protected-access
   indices, is_real = probe._epoch_batches(jax.random.key(0), 130, 32)
@@ -224,37 +250,30 @@ def test_epoch_batches_cover_every_example_once_and_keep_the_partial_batch():
 # ----------------------------------------------------------------------------------------------
 
 
+def class_probe(train_x, train_y, val_x, val_y, test_x, test_y, *, num_classes, **kwargs):
+  """The categorical probe with one attribute: a single-label class probe (DDAE protocol)."""
+  return probe.train_categorical_probe(train_x, train_y[:, None], val_x, val_y[:, None], test_x,
+                                       test_y[:, None], num_classes=[num_classes], **kwargs)
+
+
 def test_class_probe_separates_gaussian_blobs():
   (train_x, train_y), (val_x, val_y), (test_x, test_y) = [
       gaussian_blobs(seed, n) for seed, n in ((0, 3000), (1, 1000), (2, 2000))]
-  result = probe.train_class_probe(train_x, train_y, val_x, val_y, test_x, test_y,
-                                   num_classes=10)
-  assert result.metric_name == 'top1_accuracy'
+  result = class_probe(train_x, train_y, val_x, val_y, test_x, test_y, num_classes=10)
+  assert result.metric_name == 'mean_top1_accuracy'
   assert result.test_metric > 0.95
   assert result.best_epoch == int(np.argmax(result.validation_metrics))
   predictions = (test_x @ result.weights + result.bias).argmax(axis=1)
   assert np.mean(predictions == test_y) == pytest.approx(result.test_metric, abs=1e-3)
-  expected_per_class = [np.mean(predictions[test_y == c] == c) for c in range(10)]
-  np.testing.assert_allclose(result.test_per_label, expected_per_class, atol=1e-2)
 
 
 def test_class_probe_on_random_labels_is_at_chance():
   rng = np.random.default_rng(0)
   x = rng.standard_normal((7000, 16)).astype(np.float32)
   y = rng.integers(0, 10, 7000)
-  result = probe.train_class_probe(x[:3000], y[:3000], x[3000:4000], y[3000:4000], x[4000:],
-                                   y[4000:], num_classes=10, epochs=5, cosine_decay=False)
+  result = class_probe(x[:3000], y[:3000], x[3000:4000], y[3000:4000], x[4000:], y[4000:],
+                       num_classes=10, epochs=5, cosine_decay=False)
   assert result.test_metric == pytest.approx(0.1, abs=0.03)
-
-
-def test_class_probe_marks_absent_classes_nan():
-  (train_x, train_y), (test_x, test_y) = gaussian_blobs(0, 600, num_classes=3), gaussian_blobs(
-      1, 300, num_classes=3)
-  keep = test_y != 2
-  result = probe.train_class_probe(train_x, train_y, test_x, test_y, test_x[keep], test_y[keep],
-                                   num_classes=3, epochs=3, learning_rate=0.05)
-  assert np.isnan(result.test_per_label[2])
-  assert np.all(result.test_per_label[:2] > 0.9)
 
 
 def test_categorical_probe_reads_each_attribute_with_its_own_head():
@@ -284,10 +303,10 @@ def test_knn_attribute_accuracy_equals_one_knn_per_attribute():
   train_x, test_x = rng.standard_normal((300, 8)), rng.standard_normal((50, 8))
   train_y = np.stack([rng.integers(0, 4, 300), (train_x[:, 0] > 0).astype(int)], axis=1)
   test_y = np.stack([rng.integers(0, 4, 50), (test_x[:, 0] > 0).astype(int)], axis=1)
-  together = probe.knn_attribute_accuracy(train_x, train_y, test_x, test_y, num_classes=[4, 2],
-                                          k=7, batch_size=16)
-  separate = [probe.knn_accuracy(train_x, train_y[:, a], test_x, test_y[:, a], k=7,
-                                 num_classes=c) for a, c in enumerate((4, 2))]
+  together = knn.attribute_accuracy(train_x, train_y, test_x, test_y, num_classes=[4, 2],
+                                    k=7, batch_size=16)
+  separate = [knn.attribute_accuracy(train_x, train_y[:, a:a + 1], test_x, test_y[:, a:a + 1],
+                                     k=7, num_classes=[c])[0] for a, c in enumerate((4, 2))]
   np.testing.assert_allclose(together, separate)
   assert together[1] > 0.8  # the sign of feature 0 is what cosine neighbours share
 
@@ -300,7 +319,8 @@ def test_knn_attribute_accuracy_equals_one_knn_per_attribute():
 def test_knn_on_separated_clusters_is_perfect():
   train_x, train_y = gaussian_blobs(0, 2000, dim=16, spread=10.0)
   test_x, test_y = gaussian_blobs(1, 500, dim=16, spread=10.0)
-  assert probe.knn_accuracy(train_x, train_y, test_x, test_y, num_classes=10) == 1.0
+  assert knn.attribute_accuracy(train_x, train_y[:, None], test_x, test_y[:, None],
+                                num_classes=[10]) == 1.0
 
 
 @pytest.mark.parametrize('k, batch_size', [(1, 1024), (5, 7), (20, 64)])
@@ -309,12 +329,12 @@ def test_knn_matches_brute_force(k, batch_size):
   train_x = rng.standard_normal((300, 8)).astype(np.float32)
   train_y = rng.integers(0, 4, 300)
   query_x = rng.standard_normal((101, 8)).astype(np.float32)
-  predictions = probe.knn_predict(train_x, train_y, query_x, k=k, num_classes=4,
-                                  batch_size=batch_size)
+  similarity, indices = knn.neighbours(train_x, query_x, k=k, batch_size=batch_size)
+  predictions = knn.vote(similarity, train_y[indices], 4)
   np.testing.assert_array_equal(predictions,
                                 brute_force_knn_predict(train_x, train_y, query_x, k, 4))
-  assert probe.knn_accuracy(train_x, train_y, query_x, predictions, k=k, num_classes=4,
-                            batch_size=batch_size) == 1.0
+  assert knn.attribute_accuracy(train_x, train_y[:, None], query_x, predictions[:, None], k=k,
+                                num_classes=[4], batch_size=batch_size) == 1.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,33 +377,34 @@ def test_attribute_probe_rejects_bad_inputs(overrides, message):
 
 
 @pytest.mark.parametrize('overrides, message', [
-    (dict(train_y=np.array([0, 1, 5] * 10)), r'train_y must lie in \[0, num_classes=3\)'),
-    (dict(val_y=np.zeros((10, 1), int)), 'val_y must be 1-D'),
-    (dict(test_y=np.zeros(9, int)), 'test_y has 9 rows'),
-    (dict(train_y=np.zeros(30)), 'integer class indices'),
-    (dict(num_classes=0), 'num_classes must be a positive integer'),
+    (dict(train_y=np.array([[0, 1, 5] * 10]).T), r'train_y\[:, 0\] must lie in \[0, num_classes=3\)'),
+    (dict(val_y=np.zeros((10, 2), int)), r'val_y must be \[N, A=1\]'),
+    (dict(test_y=np.zeros((9, 1), int)), r'test_y\[:, 0\] has 9 rows'),
+    (dict(train_y=np.zeros((30, 1))), 'integer class indices'),
+    (dict(num_classes=[0]), r'num_classes\[0\] must be a positive integer'),
 ])
 def test_class_probe_rejects_bad_inputs(overrides, message):
   rng = np.random.default_rng(0)
-  args = dict(train_x=rng.standard_normal((30, 4)), train_y=rng.integers(0, 3, 30),
-              val_x=rng.standard_normal((10, 4)), val_y=rng.integers(0, 3, 10),
-              test_x=rng.standard_normal((10, 4)), test_y=rng.integers(0, 3, 10), num_classes=3)
+  args = dict(train_x=rng.standard_normal((30, 4)), train_y=rng.integers(0, 3, (30, 1)),
+              val_x=rng.standard_normal((10, 4)), val_y=rng.integers(0, 3, (10, 1)),
+              test_x=rng.standard_normal((10, 4)), test_y=rng.integers(0, 3, (10, 1)),
+              num_classes=[3])
   args.update(overrides)
   with pytest.raises(ValueError, match=message):
-    probe.train_class_probe(**args)
+    probe.train_categorical_probe(**args)
 
 
 def test_knn_and_average_precision_reject_bad_inputs():
-  x, y = np.ones((5, 3)), np.zeros(5, int)
+  x, y = np.ones((5, 3)), np.zeros((5, 1), int)
   with pytest.raises(ValueError, match='k=6 is larger'):
-    probe.knn_accuracy(x, y, x, y, k=6, num_classes=2)
+    knn.attribute_accuracy(x, y, x, y, k=6, num_classes=[2])
   with pytest.raises(ValueError, match='query_x contains non-finite'):
-    probe.knn_predict(x, y, _with_nan(np.ones((5, 3))), k=2, num_classes=2)
-  with pytest.raises(ValueError, match='test_y has 4 rows'):
-    probe.knn_accuracy(x, y, x, y[:4], k=2, num_classes=2)
+    knn.neighbours(x, _with_nan(np.ones((5, 3))), k=2)
+  with pytest.raises(ValueError, match=r'test_y\[:, 0\] has 4 rows'):
+    knn.attribute_accuracy(x, y, x, y[:4], k=2, num_classes=[2])
   with pytest.raises(ValueError, match='same number of rows'):
-    probe.average_precision(np.ones(4), np.ones(3, bool))
+    metrics.average_precision(np.ones(4), np.ones(3, bool))
   with pytest.raises(ValueError, match='scores contains non-finite'):
-    probe.average_precision(np.array([1.0, np.nan]), np.array([True, False]))
+    metrics.average_precision(np.array([1.0, np.nan]), np.array([True, False]))
   with pytest.raises(ValueError, match='must be 1-D'):
-    probe.average_precision(np.ones((2, 2)), np.ones((2, 2), bool))
+    metrics.average_precision(np.ones((2, 2)), np.ones((2, 2), bool))

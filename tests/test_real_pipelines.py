@@ -19,8 +19,9 @@ from configs import celeba as celeba_config
 from configs import ffhq as ffhq_config
 from jdiffrep import prepare
 from jdiffrep import run
+from jdiffrep.data import registry
 from jdiffrep.data import sources
-from jdiffrep.evaluate import pipeline_eval
+from jdiffrep.evaluate.evaluators import counterfactual as counterfactual_evaluator
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +39,7 @@ def _write_celeba(root, seed=0):
   image_dir.mkdir(parents=True)
   names = sources.CELEBA_ATTRIBUTE_NAMES
   attr_rows, partition_rows, index = [], [], 0
-  top, left, height, width = sources.CELEBA_CROP
+  top, left, height, width = registry.CELEBA_CROP
   for split, count in SPLIT_SIZES.items():
     for _ in range(count):
       index += 1
@@ -133,7 +134,7 @@ def test_celeba_config_runs_both_papers_and_the_official_evaluation(tmp_path):
   study = evaluation['counterfactual']
   assert (study['invert_steps'], study['generate_steps'], study['clip_x0']) == (4, 2, True)
   groups = set(study['groups'])
-  assert len(groups) == 5 and pipeline_eval.ALL_SUBSETS_LABEL in groups  # official 4 + control
+  assert len(groups) == 5 and counterfactual_evaluator.ALL_SUBSETS_LABEL in groups  # official 4 + control
   assert set(study['change_rates']) == groups
   for rates in study['change_rates'].values():
     assert list(rates) == sorted(sources.CELEBA_ATTRIBUTE_NAMES)

@@ -253,14 +253,14 @@ def test_sweep_summary_chooses_t_on_validation_not_test():
   }
   assert embedding_probe.sweep_curve(results, 'sdae') == [(0, 0.7), (25, 0.8), (100, 0.9)]
   assert embedding_probe.sweep_curve(results, 'sdae', 'knn') == [(0, 0.6), (25, 0.85), (100, 0.8)]
-  summary = embedding_probe.summarize(results)
+  summary = embedding_probe.summarize(results, ['sdae', 'dm'])
   assert summary['sdae_best_t'] == {'t': 25, 'validation': 0.85, 'linear': 0.8, 'knn': 0.85}
   assert summary['dm_best_t']['t'] == 0  # ties go to the smaller t
   assert summary['pixels'] == {'validation': 0.7, 'linear': 0.75, 'knn': 0.7}
   attribute = {'sdae_t0': {'test_mean_ap': 0.9, 'validation_mean_ap': 0.6},
                'sdae_t50': {'test_mean_ap': 0.7, 'validation_mean_ap': 0.8},
                'pixels': {'test_mean_ap': 0.8, 'validation_mean_ap': 0.8}}
-  attribute_summary = embedding_probe.summarize_attribute_probe(attribute)
+  attribute_summary = embedding_probe.summarize_attribute_probe(attribute, ['sdae', 'dm'])
   assert attribute_summary['sdae_best_t'] == {'t': 50, 'validation_mean_ap': 0.8,
                                               'test_mean_ap': 0.7}
   assert attribute_summary['pixels'] == {'validation_mean_ap': 0.8, 'test_mean_ap': 0.8}

@@ -31,8 +31,9 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def preprocess(example: dict, *, spec: registry.DatasetSpec, resolution: int) -> dict:
-  """One record -> example: image [R, R, C] float32 in [-1, 1] (cropped, resized), rest kept."""
-  image = registry.crop_and_resize(np.asarray(example['image']), spec, resolution)
+  """One record -> example: image [R, R, C] float32 in [-1, 1] (resized if stored at another
+  resolution, with the dataset's filter), rest kept."""
+  image = registry.resize_image(np.asarray(example['image']), resolution, spec.resize)
   return {**example, 'image': scale_to_unit_interval(image)}
 
 

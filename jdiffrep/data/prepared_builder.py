@@ -50,20 +50,12 @@ def crop_box(height: int, width: int, crop) -> tuple[int, int, int, int]:
   return (height - side) // 2, (width - side) // 2, side, side
 
 
-def to_training_image(image: np.ndarray, crop, resolution: int) -> np.ndarray:
-  """[H, W, 3] uint8 -> [resolution, resolution, 3] uint8: crop (or centre square), then resize.
-
-  Resizing uses PIL's bicubic filter, which low-passes when shrinking (no aliasing).
-  """
+def to_training_image(image: np.ndarray, crop, resolution: int,
+                      resize: str = 'bicubic') -> np.ndarray:
+  """[H, W, 3] uint8 -> [resolution, resolution, 3] uint8: crop (or centre square), then resize
+  with PIL's `resize` filter ('bilinear' or 'bicubic'; both low-pass when shrinking)."""
   top, left, height, width = crop_box(image.shape[0], image.shape[1], crop)
-  image = image[top : top + height, left : left + width]
-  if image.shape[:2] != (resolution, resolution):
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-
-    image = np.asarray(
-        Image.fromarray(image).resize((resolution, resolution), Image.Resampling.BICUBIC)
-    )
-  return image
+  return registry.resize_image(image[top : top + height, left : left + width], resolution, resize)
 
 
 def size_problem(name: str, image: np.ndarray, source: sources.Source) -> sources.Problem | None:
@@ -83,7 +75,8 @@ def size_problem(name: str, image: np.ndarray, source: sources.Source) -> source
   return None
 
 
-def convert(raw: sources.RawExample, source: sources.Source, resolution: int):
+def convert(raw: sources.RawExample, source: sources.Source, resolution: int,
+            resize: str = 'bicubic'):
   """One source image -> (example for the builder, None), or (None, why it is left out).
 
   Runs in worker threads (PIL releases the GIL while decoding, resizing and encoding).
@@ -95,7 +88,7 @@ def convert(raw: sources.RawExample, source: sources.Source, resolution: int):
   problem = size_problem(raw.name, image, source)
   if problem is not None:
     return None, problem
-  image = to_training_image(image, source.crop, resolution)
+  image = to_training_image(image, source.crop, resolution, resize)
   if image.shape != (resolution, resolution, 3) or image.dtype != np.uint8:
     raise AssertionError(
         f'{raw.name}: converted to {image.shape} {image.dtype}, expected '
@@ -126,14 +119,16 @@ def _progress(items: Iterator, total: int, description: str) -> Iterator:
 
 
 def _converted_in_order(
-    examples: list[sources.RawExample], source: sources.Source, resolution: int, num_workers: int
+    examples: list[sources.RawExample], source: sources.Source, resolution: int, resize: str,
+    num_workers: int
 ) -> Iterator:
   """`convert` of every example, in order, `num_workers` at a time, a bounded window ahead."""
   window = 64 * num_workers
   with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
     for start in range(0, len(examples), window):
       chunk = examples[start : start + window]
-      yield from pool.map(convert, chunk, [source] * len(chunk), [resolution] * len(chunk))
+      yield from pool.map(convert, chunk, [source] * len(chunk), [resolution] * len(chunk),
+                          [resize] * len(chunk))
 
 
 class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -153,12 +148,16 @@ class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       on_error: str = 'fail',
       description: str = '',
       num_workers: int = 1,
+      resize: str = 'bicubic',
       **kwargs,
   ):
     if on_error not in ON_ERROR_CHOICES:
       raise ValueError(f'on_error={on_error!r}; valid values are {ON_ERROR_CHOICES}.')
+    if resize not in registry.RESIZE_FILTERS:
+      raise ValueError(f'resize={resize!r}; valid filters are {registry.RESIZE_FILTERS}.')
     self._source = source
     self._resolution = resolution
+    self._resize = resize
     self._on_error = on_error
     self._description = description
     self._num_workers = max(1, num_workers)
@@ -183,6 +182,7 @@ class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     metadata = tfds.core.MetadataDict(
         attribute_names=list(self._source.attribute_names or ()),
         crop=list(self._source.crop) if self._source.crop else 'centre square',
+        resize=self._resize,
     )
     return tfds.core.DatasetInfo(
         builder=self,
@@ -207,7 +207,8 @@ class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, split: str, examples: list[sources.RawExample]) -> Iterator:
     self.written[split] = 0
-    converted = _converted_in_order(examples, self._source, self._resolution, self._num_workers)
+    converted = _converted_in_order(examples, self._source, self._resolution, self._resize,
+                                    self._num_workers)
     progress = _progress(converted, len(examples), f'{self.name} {split}')
     for index, (example, problem) in enumerate(progress):
       if problem is not None:
@@ -217,27 +218,13 @@ class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       yield index, example
 
 
-class JdiffrepCeleba(PreparedImages, skip_registration=True):
-  name = 'jdiffrep_celeba'
+_BUILDERS: dict[str, type[PreparedImages]] = {}
 
 
-class JdiffrepFfhq(PreparedImages, skip_registration=True):
-  name = 'jdiffrep_ffhq'
-
-
-class JdiffrepBedroom(PreparedImages, skip_registration=True):
-  name = 'jdiffrep_bedroom'
-
-
-class JdiffrepCifar10(PreparedImages, skip_registration=True):
-  name = 'jdiffrep_cifar10'
-
-
-class JdiffrepFolder(PreparedImages, skip_registration=True):
-  name = 'jdiffrep_folder'
-
-
-BUILDERS = {
-    cls.name: cls
-    for cls in (JdiffrepCeleba, JdiffrepFfhq, JdiffrepBedroom, JdiffrepCifar10, JdiffrepFolder)
-}
+def builder_for(spec: registry.DatasetSpec) -> type[PreparedImages]:
+  """The `PreparedImages` subclass named `spec.builder_name` (e.g. 'jdiffrep_celeba'), made once."""
+  if spec.builder_name not in _BUILDERS:
+    class_name = ''.join(part.capitalize() for part in spec.builder_name.split('_'))
+    _BUILDERS[spec.builder_name] = type(class_name, (PreparedImages,),
+                                        {'name': spec.builder_name}, skip_registration=True)
+  return _BUILDERS[spec.builder_name]

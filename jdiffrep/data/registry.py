@@ -1,4 +1,8 @@
-"""Datasets a config can name, where their prepared files live, and how to open them.
+"""Datasets a config can name: one `DatasetSpec` per dataset, and how to open its prepared files.
+
+`DATASETS` is the one table of what jdiffrep knows about a dataset: the reader of its original
+files and TFDS's own builder of it (for `jdiffrep.prepare`), the prepared builder's name, the
+default resolution, the crop and resize filter, the binary attribute names and the splits.
 
 Every dataset is read the same way: a prepared TFDS dataset (array_record files) opened as a
 random-access data source. The built-in `shapes` dataset is generated on first use; the real
@@ -20,6 +24,8 @@ import numpy as np
 
 # Version directory of every dataset written by `jdiffrep.prepare`.
 PREPARED_VERSION = '1.0.0'
+# PIL filters `jdiffrep.prepare` can resize with.
+RESIZE_FILTERS = ('bilinear', 'bicubic')
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -35,12 +41,20 @@ class DatasetSpec:
     tfds_name: the TFDS builder name and config, formatted with `tfds_config` and
       `resolution`, e.g. 'shapes/{tfds_config}' or 'jdiffrep_celeba/{resolution}'.
     train_split / eval_split: TFDS split names.
-    crop: optional (top, left, height, width) crop the input pipeline applies before resizing
-      (None for prepared datasets: `jdiffrep.prepare` stores them cropped and resized).
+    validation_split: the split the probes choose epochs and t on; None: the last 10% of train.
+    attribute_names: names of the binary attributes, if the examples carry them.
+    crop: the (top, left, height, width) box `jdiffrep.prepare` cuts from every original image
+      before resizing; None: the centred square.
+    resize: the PIL filter `jdiffrep.prepare` (and the input pipeline, when asked for another
+      resolution than the stored one) resizes with; 'bilinear' is torchvision's `Resize`, what the
+      official DiTi code uses.
     flip_preserves_labels: False when a horizontal flip would change a label (e.g. left/right).
     prepare_hint: the command that prepares the dataset, shown when it is missing; formatted
       with `data_dir`, `resolution` and `tfds_config`.
     prepare: for generated datasets, prepares them into a data dir on first use.
+    reader: for real datasets, the `jdiffrep.data.sources` function that scans the original
+      files: (source_dir, *options) -> sources.Source.
+    tfds_equivalent: (TFDS's own builder, its splits), read by `--source=tfds` when built.
     default_resolution: the resolution `jdiffrep.prepare` writes unless told otherwise.
   """
   name: str
@@ -50,10 +64,26 @@ class DatasetSpec:
   validation_split: str | None = None  # None: probes hold out the last 10% of train
   attribute_names: tuple[str, ...] | None = None  # names of the binary attributes, if any
   crop: tuple[int, int, int, int] | None = None
+  resize: str = 'bicubic'
   flip_preserves_labels: bool = True
   prepare_hint: str = ''
   prepare: Callable[[str, str], None] | None = None  # (data_dir, tfds_config) -> None
+  reader: str | None = None
+  tfds_equivalent: tuple[str, tuple[str, ...]] | None = None
   default_resolution: int = 64
+
+  @property
+  def builder_name(self) -> str:
+    """The prepared TFDS builder's name, e.g. 'jdiffrep_celeba'."""
+    return self.tfds_name.split('/')[0]
+
+  def read_source(self, source_dir: str, *args, **options):
+    """Scans `source_dir` (the original files) with `reader`; returns a `sources.Source`."""
+    from jdiffrep.data import sources  # pylint: disable=g-import-not-at-top
+    if self.reader is None:
+      raise ValueError(f'Dataset {self.name!r} has no original files to read '
+                       f'({self.prepare_hint}).')
+    return getattr(sources, self.reader)(source_dir, *args, **options)
 
 
 def _prepare_shapes(data_dir: str, tfds_config: str) -> None:
@@ -76,32 +106,41 @@ def _celeba_attribute_names() -> tuple[str, ...]:
   return sources.CELEBA_ATTRIBUTE_NAMES
 
 
+# The crop of the DiTi / PDAE / DiffAE CelebA 64x64 (the official `CropCelebA64`): 128x128 from
+# the 218x178 aligned images, at row 57, column 25.
+CELEBA_CROP = (57, 25, 128, 128)
+
+
 DATASETS: dict[str, DatasetSpec] = {
     'shapes': DatasetSpec(
         name='shapes', tfds_name='shapes/{tfds_config}', eval_split='test',
         validation_split='validation', attribute_names=_shapes_attribute_names(),
         flip_preserves_labels=False,
         prepare_hint='generated automatically on first use', prepare=_prepare_shapes),
-    # The DiTi / PDAE / DiffAE crop (sources.CELEBA_CROP) is applied by jdiffrep.prepare.
     'celeba': DatasetSpec(
         name='celeba', tfds_name='jdiffrep_celeba/{resolution}', eval_split='test',
         validation_split='validation', attribute_names=_celeba_attribute_names(),
+        crop=CELEBA_CROP, resize='bilinear', reader='read_celeba',
+        tfds_equivalent=('celeb_a', ('train', 'validation', 'test')),
         prepare_hint=_prepare_hint('celeba', 'DIR_WITH_img_align_celeba_AND_list_attr_celeba.txt')),
     'ffhq': DatasetSpec(
         name='ffhq', tfds_name='jdiffrep_ffhq/{resolution}', eval_split='train',
-        default_resolution=128,
+        default_resolution=128, resize='bilinear', reader='read_ffhq',
         prepare_hint=_prepare_hint('ffhq', 'DIR_WITH_THE_FFHQ_PNGS')),
     'bedroom': DatasetSpec(
         name='bedroom', tfds_name='jdiffrep_bedroom/{resolution}', eval_split='validation',
-        default_resolution=128,
+        default_resolution=128, resize='bilinear', reader='read_lsun',
+        tfds_equivalent=('lsun/bedroom', ('train', 'validation')),
         prepare_hint=_prepare_hint('bedroom', 'DIR_WITH_bedroom_train_lmdb_AND_bedroom_val_lmdb')),
     'cifar10': DatasetSpec(
         name='cifar10', tfds_name='jdiffrep_cifar10/{resolution}', eval_split='test',
-        default_resolution=32,
+        default_resolution=32, reader='read_cifar10',
+        tfds_equivalent=('cifar10', ('train', 'test')),
         prepare_hint=_prepare_hint('cifar10', 'DIR_WITH_cifar-10-batches-py')),
     # Any image folder; config.dataset.tfds_config names the prepared folder (--name=...).
     'folder': DatasetSpec(
         name='folder', tfds_name='jdiffrep_folder/{tfds_config}_{resolution}', eval_split='test',
+        reader='read_image_folder',
         prepare_hint=_prepare_hint('folder', 'YOUR_IMAGE_DIR',
                                    ' --name={tfds_config} [--labels_csv=FILE.csv]')),
 }
@@ -176,13 +215,13 @@ def open_source(dataset_config, split: str):
   return builder.as_data_source(split=split)
 
 
-def crop_and_resize(image: np.ndarray, spec: DatasetSpec, resolution: int) -> np.ndarray:
-  """[H, W, C] uint8 -> [resolution, resolution, C] uint8: the dataset's crop, then resize."""
-  if spec.crop is not None:
-    top, left, height, width = spec.crop
-    image = image[top:top + height, left:left + width]
+def resize_image(image: np.ndarray, resolution: int, resize: str = 'bicubic') -> np.ndarray:
+  """[H, W, C] uint8 -> [resolution, resolution, C] uint8 with PIL's `resize` filter (which
+  low-passes when shrinking: no aliasing); unchanged when already that size."""
+  if resize not in RESIZE_FILTERS:
+    raise ValueError(f'resize={resize!r}; valid filters are {RESIZE_FILTERS}.')
   if image.shape[0] != resolution or image.shape[1] != resolution:
     from PIL import Image  # pylint: disable=g-import-not-at-top
-    image = np.asarray(Image.fromarray(image).resize((resolution, resolution),
-                                                     Image.Resampling.BICUBIC))
+    method = {'bilinear': Image.Resampling.BILINEAR, 'bicubic': Image.Resampling.BICUBIC}[resize]
+    image = np.asarray(Image.fromarray(image).resize((resolution, resolution), method))
   return image

@@ -35,7 +35,6 @@ from jdiffrep.data import safe_pickle
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 
 # DiTi / PDAE / DiffAE CelebA-64 crop of the aligned 178x218 images: (top, left, height, width).
-CELEBA_CROP = (57, 25, 128, 128)
 CELEBA_IMAGE_SIZE = (218, 178)  # (height, width) of every aligned image
 CELEBA_SPLITS = ('train', 'validation', 'test')  # list_eval_partition.txt values 0, 1, 2
 CELEBA_ATTRIBUTE_NAMES = (
@@ -252,7 +251,6 @@ def read_celeba(source_dir: str) -> Source:
       splits=splits,
       attribute_names=CELEBA_ATTRIBUTE_NAMES,
       image_size=CELEBA_IMAGE_SIZE,
-      crop=CELEBA_CROP,
       problems=problems,
   )
 
@@ -480,13 +478,6 @@ def read_ffhq(source_dir: str) -> Source:
 
 # ------------------------------------------------------------------------------------- TFDS
 
-# Our dataset name -> (TFDS's own builder, its splits). Read when already built (array_record).
-TFDS_EQUIVALENTS = {
-    'celeba': ('celeb_a', CELEBA_SPLITS),
-    'cifar10': ('cifar10', ('train', 'test')),
-    'bedroom': ('lsun/bedroom', ('train', 'validation')),
-}
-
 
 def read_tfds(dataset: str, data_dir: str) -> Source:
   """`dataset` from TFDS's own builder (`celeb_a`, `cifar10`, `lsun/bedroom`), built in `data_dir`.
@@ -496,10 +487,13 @@ def read_tfds(dataset: str, data_dir: str) -> Source:
   are decoded when written.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from jdiffrep.data import registry  # pylint: disable=g-import-not-at-top
 
-  if dataset not in TFDS_EQUIVALENTS:
-    raise SourceError(f'{dataset} has no TFDS builder to read; valid: {sorted(TFDS_EQUIVALENTS)}.')
-  name, split_names = TFDS_EQUIVALENTS[dataset]
+  equivalent = registry.get_spec(dataset).tfds_equivalent
+  if equivalent is None:
+    valid = sorted(n for n, s in registry.DATASETS.items() if s.tfds_equivalent)
+    raise SourceError(f'{dataset} has no TFDS builder to read; valid: {valid}.')
+  name, split_names = equivalent
   splits = {}
   for split in split_names:
     try:
@@ -533,7 +527,6 @@ def read_tfds(dataset: str, data_dir: str) -> Source:
         splits,
         attribute_names=CELEBA_ATTRIBUTE_NAMES,
         image_size=CELEBA_IMAGE_SIZE,
-        crop=CELEBA_CROP,
     )
   if dataset == 'cifar10':
     return Source(splits, label_names=CIFAR10_LABEL_NAMES, image_size=(32, 32))

@@ -26,6 +26,8 @@ from typing import Hashable, Iterator, Union
 import numpy as np
 
 FLOAT_BYTES = 4  # every stored feature is float32
+# A matrix larger than this is probed or searched a chunk of rows (about this many bytes) at a time.
+DEFAULT_CHUNK_BYTES = 256 * 2 ** 20
 
 
 class StreamedFeatures:

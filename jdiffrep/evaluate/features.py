@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from absl import logging
 import jax
@@ -11,6 +11,8 @@ import numpy as np
 
 from jdiffrep.data import pipeline
 from jdiffrep.evaluate import feature_store
+
+MIRRORED_TRAIN = 'train_mirrored'  # the key of the horizontally flipped train images' features
 
 
 def attribute_matrix(attributes) -> np.ndarray:
@@ -22,7 +24,7 @@ def attribute_matrix(attributes) -> np.ndarray:
 
 def extract(feature_fn: Callable[[jax.Array], dict], dataset_config, splits: Mapping[str, str],
             store: feature_store.FeatureStore, *, batch_size: int = 256,
-            limits: Mapping[str, int | None] | None = None,
+            limits: Mapping[str, int | None] | None = None, mirrored: Sequence[str] = (),
             log_every_seconds: float = 30.0) -> dict:
   """Runs `feature_fn` ([B, H, W, C] -> {name: [B, D]}, jitted) over every split, in one pass each.
 
@@ -31,6 +33,8 @@ def extract(feature_fn: Callable[[jax.Array], dict], dataset_config, splits: Map
     store: holds the features: in memory up to its budget, the rest in its spill files, so a
       split of any size can be extracted (CelebA's pixels alone are 8 GB).
     limits: {key: the first images of that split to use, None for all}.
+    mirrored: keys whose images are flipped horizontally before `feature_fn` (e.g. a
+      'train_mirrored' key naming the train split again: the views a flipping probe trains on).
 
   Batches are padded to `batch_size`, so `feature_fn` compiles once. Returns {key: {'features':
   {name: [N, D] array or FeatureFile}, 'labels': {name: [N]}, and 'attributes': [N, A] when the
@@ -40,7 +44,7 @@ def extract(feature_fn: Callable[[jax.Array], dict], dataset_config, splits: Map
   limits = limits or {}
   extracted = {key: _extract_split(feature_fn, dataset_config, key, split, store,
                                    batch_size=batch_size, limit=limits.get(key),
-                                   log_every_seconds=log_every_seconds)
+                                   mirror=key in mirrored, log_every_seconds=log_every_seconds)
                for key, split in splits.items()}
   if store.spilled:
     logging.info('Features streamed from disk (over config.evaluate.feature_memory_mb): %s.',
@@ -52,13 +56,13 @@ def extract(feature_fn: Callable[[jax.Array], dict], dataset_config, splits: Map
 
 def _extract_split(feature_fn, dataset_config, key: str, split: str,
                    store: feature_store.FeatureStore, *, batch_size: int, limit: int | None,
-                   log_every_seconds: float) -> dict:
+                   mirror: bool, log_every_seconds: float) -> dict:
   """One split's features into `store` under (key, name); returns its labels and the names."""
   names, attributes, labels = [], [], {}
   start = last_log = time.monotonic()
   done = 0
   for batch in pipeline.iterate_split(dataset_config, split, batch_size, limit):
-    images = batch['image']
+    images = batch['image'][:, :, ::-1] if mirror else batch['image']  # [B, H, W, C]
     count = images.shape[0]
     done += count
     if time.monotonic() - last_log >= log_every_seconds:

@@ -20,6 +20,7 @@ from jdiffrep import images
 from jdiffrep import timestep_features
 from jdiffrep.evaluate import counterfactual
 from jdiffrep.evaluate import feature_store
+from jdiffrep.evaluate import features
 from jdiffrep.evaluate import probe
 
 SPLITS = ('train', 'validation', 'test')
@@ -39,7 +40,8 @@ def group_probe(features_by_split: Mapping[str, feature_store.Features],
   """A linear attribute probe on each group's dims of z alone.
 
   Args:
-    features_by_split: {'train', 'validation', 'test'} -> z [N, d], arrays or streamed.
+    features_by_split: {'train', 'validation', 'test'} -> z [N, d], arrays or streamed; and
+      optionally 'train_mirrored', z of the flipped train images (the probe then flips).
     attributes_by_split: the same splits -> binary attributes [N, A].
     partition: the representation's time-step partition (which dims each subset owns).
     groups: subset ranges [start, end), e.g. `counterfactual.subset_groups(k)`.
@@ -63,10 +65,11 @@ def group_probe(features_by_split: Mapping[str, feature_store.Features],
   result = {}
   for group in groups:
     columns = group_columns(partition, group)
-    x = {s: feature_store.take_columns(features_by_split[s], columns) for s in SPLITS}
+    x = {s: feature_store.take_columns(z, columns) for s, z in features_by_split.items()}
     y = {s: attributes_by_split[s] for s in SPLITS}
     fit = probe.train_attribute_probe(x['train'], y['train'], x['validation'], y['validation'],
                                       x['test'], y['test'], epochs=epochs, seed=seed,
+                                      train_x_mirrored=x.get(features.MIRRORED_TRAIN),
                                       **probe_kwargs)
     result[counterfactual.group_label(partition, group)] = {
         'subsets': [int(group[0]), int(group[1])],

@@ -17,7 +17,10 @@ import jax.numpy as jnp
 
 from jdiffrep import diffusion
 from jdiffrep import paths
+from jdiffrep.methods import representation
 from jdiffrep.models import dit
+
+FEATURE_FAMILY = 'dm'  # the DM's features are named f'dm_t{t}'
 
 
 def dm_workdir(explicit: str | None, stage_workdir: str) -> str:
@@ -126,6 +129,24 @@ class DDPM:
     tokens = self.model.apply({'params': params}, x_t, t_batch, capture_block=self.feature_block,
                               tokens_only=True)
     return jnp.mean(tokens.astype(jnp.float32), axis=1)
+
+  def representation(self, stage: str, eval_config, seed: int
+                     ) -> representation.Representation | None:
+    """The DDAE-style baseline: `mid_features` at each t of `eval_config.dm_feature_timesteps`,
+    named f'dm_t{t}' (noise from fold_in(key(seed), t)); None without time-steps."""
+    del stage  # one DM per pipeline; its features are 'dm_t...' whatever the stage is called
+    timesteps = tuple(eval_config.dm_feature_timesteps)
+    if not timesteps:
+      return None
+    key = jax.random.key(seed)
+
+    def features(params, x0):
+      return {f'{FEATURE_FAMILY}_t{t}': self.mid_features(params, x0, t,
+                                                          jax.random.fold_in(key, t))
+              for t in timesteps}
+
+    return representation.Representation(features=features, sweep_family=FEATURE_FAMILY,
+                                         sweep_label='DM mid-block')
 
   def loss(self, params, frozen, batch: dict, rng: jax.Array):
     """MSE of the network's target (eps, or v) on `batch['image']` [B, H, W, C] at uniform t."""

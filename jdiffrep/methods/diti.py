@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from absl import logging
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jdiffrep import diffusion
 from jdiffrep import images as images_lib
 from jdiffrep import timestep_features
 from jdiffrep.methods import ddpm
+from jdiffrep.methods import representation
 from jdiffrep.models import dit
 from jdiffrep.models import encoders
 from jdiffrep.models import gradient_estimator
@@ -137,6 +136,14 @@ class DiTi:
   def encode(self, params, x0: jax.Array) -> jax.Array:
     """x0 [B, H, W, C] in [-1, 1] -> z [B, d] float32."""
     return self.encoder.apply({'params': params['encoder']}, x0)
+
+  def representation(self, stage: str, eval_config, seed: int) -> representation.Representation:
+    """z of the clean image, named `stage`; decoded by DDIM; its subsets when there are several."""
+    del eval_config, seed  # z is a deterministic function of x0
+    return representation.Representation(
+        features=lambda params, x0: {stage: self.encode(params, x0)},
+        partition=self.partition if self.partition.num_subsets > 1 else None,
+        reconstructs=True)
 
   def predict_eps(self, params, frozen, x_t, t, z_masked) -> jax.Array:
     """eps_theta(x_t, t) + s_t G(x_t, t, z_masked); all [B, ...], t [B] int."""

@@ -24,11 +24,13 @@ import jax.numpy as jnp
 from jdiffrep import diffusion
 from jdiffrep import images as images_lib
 from jdiffrep.methods import ddpm
+from jdiffrep.methods import representation
 from jdiffrep.models import sdae as sdae_model
 
 ENCODER_INPUTS = ('x_t', 'x_0')
 DENOISER_INITS = ('scratch', 'dm')
 LOSS_WEIGHTS = ('uniform', 'pdae')
+MEAN_SUFFIX = '_mean_t'  # the feature set of z_t averaged over the sweep
 
 
 def cosine_similarity(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -125,6 +127,29 @@ class SDAE:
     eps = jax.random.normal(rng, x0.shape, jnp.float32)
     x_t = diffusion.q_sample(self.schedule, x0, t_batch, eps)
     return self.encode(params, self._encoder_view(x0, x_t), t_batch)
+
+  def representation(self, stage: str, eval_config, seed: int
+                     ) -> representation.Representation | None:
+    """z_t at each t of `eval_config.embedding_timesteps`, named f'{stage}_t{t}', and their
+    L2-normalised mean f'{stage}_mean_t'; None without time-steps.
+
+    The forward-diffusion noise of step t is drawn from fold_in(key(seed), t), the same for every
+    batch, so the features are a deterministic function of the images.
+    """
+    timesteps = tuple(eval_config.embedding_timesteps)
+    if not timesteps:
+      return None
+    key = jax.random.key(seed)
+
+    def features(params, x0):
+      embeddings = [self.embed(params, x0, t, jax.random.fold_in(key, t)) for t in timesteps]
+      out = {f'{stage}_t{t}': z for t, z in zip(timesteps, embeddings)}
+      out[f'{stage}{MEAN_SUFFIX}'] = sdae_model.l2_normalize(jnp.mean(jnp.stack(embeddings),
+                                                                      axis=0))
+      return out
+
+    return representation.Representation(features=features, sweep_family=stage,
+                                         sweep_label=f'{stage} z_t')
 
   def _denoising_loss(self, output, x0, x_t, t, eps) -> jax.Array:
     """'uniform': MSE on the prediction target. 'pdae': eps MSE times PDAE's w_t (as DiTi)."""
