@@ -74,6 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Clamp the predicted x0 to [-1, 1] at every DDIM step, in sampling and in inversion alike (the
   # official DiTi / PDAE samplers do); reconstructions and counterfactuals use it too.
   config.sample.clip_x0 = True
+  # DDIM inversion evaluates eps at the time-step of the level it reaches ('target': sampling
+  # with the same steps then undoes it exactly for an x-independent eps) or of the level it leaves
+  # ('source': the official DiTi / PDAE encoders).
+  config.sample.invert_eps_at = 'target'
 
   # DiTi / PDAE (SPEC section 3); PDAE uses one subset and ignores the partition fields.
   config.diti = ml_collections.ConfigDict()
@@ -95,6 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
   # gamma of the loss weight w_t = snr^gamma / (1 + snr) on the eps MSE: 0.1 is PDAE's and DiTi's.
   # Lower values move weight to late (noisy) steps; -1 weighs the x0 error by 1 / (1 + snr).
   config.diti.loss_weight_gamma = 0.1
+  # The coefficient of the branch's G when sampling and inverting: 'training' the s_t it was
+  # trained with, 'official' -sqrt(1 - abar_t) as the official samplers (equal at large t).
+  config.diti.sampling_shift = 'training'
   config.diti.dm_workdir = ml_collections.config_dict.placeholder(str)  # None: <workdir>/ddpm
 
   # Self-conditional DiT embeddings (SPEC section 4); every (choice) of the spec is a field.
@@ -184,6 +191,8 @@ def paper_scale_pipeline(config: ml_collections.ConfigDict, *, num_train_steps: 
   Stages ddpm, diti, pdae, sdae, evaluate; the representation stages train
   `representation_steps`, the DM `num_train_steps`. Counterfactuals invert with 1000 DDIM steps,
   generate with 100 and move x_T by the same slerp as z (`eval/counterfactual_generation.py`);
+  DDIM uses the official shift -sqrt(1 - abar_t) and inverts with eps of the level it leaves
+  (`model/diffusion/ddim.py`);
   the linear probes train on raw features of randomly flipped training images
   (`eval/multitask_classification.py`).
   """
@@ -197,6 +206,8 @@ def paper_scale_pipeline(config: ml_collections.ConfigDict, *, num_train_steps: 
   config.evaluate.counterfactual_noise_alpha = 1.0
   config.evaluate.probe_standardize = False
   config.evaluate.probe_train_flip = True
+  config.sample.invert_eps_at = 'source'
+  config.diti.sampling_shift = 'official'
 
 
 def _check_choice(path: str, value, valid) -> None:
@@ -217,6 +228,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check_choice('dataset.name', config.dataset.name, sorted(registry.DATASETS))
   _check_choice('diffusion.schedule', config.diffusion.schedule, VALID_SCHEDULES)
   _check_choice('diffusion.prediction', config.diffusion.prediction, ('eps', 'v', 'x0'))
+  _check_choice('sample.invert_eps_at', config.sample.invert_eps_at, ('target', 'source'))
+  _check_choice('diti.sampling_shift', config.diti.sampling_shift, ('training', 'official'))
   _check_choice('model.dtype', config.model.dtype, VALID_DTYPES)
   dit.parse_model_name(config.model.name)
   for field in ('batch_size', 'num_train_steps', 'log_every_steps', 'checkpoint_every_steps',

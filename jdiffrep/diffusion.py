@@ -229,22 +229,30 @@ def ddim_sample(
   return jax.lax.fori_loop(0, num_steps, step, x_T.astype(jnp.float32))
 
 
+INVERT_EPS_AT = ('target', 'source')
+
+
 def ddim_invert(eps_fn: EpsFn, schedule: Schedule, x0: jax.Array, *, num_steps: int,
-                clip_x0: bool = False) -> jax.Array:
+                clip_x0: bool = False, eps_at: str = 'target') -> jax.Array:
   """Deterministic DDIM encoding x0 -> x_T, the reverse of `ddim_sample` with eta = 0. Jittable.
 
-  Step i = 0..S-1 goes from level i-1 to level i with eps = eps_fn(x, ts[i]) (the time-step of the
-  target level, as the matching sampling step uses), so sampling with the same num_steps undoes it
-  exactly when eps_fn does not depend on x (and, with clip_x0, no predicted x0 leaves [-1, 1]).
-  clip_x0 (static) clamps each step's predicted x0 as `ddim_sample` does. x0: [B, H, W, C].
-  Returns x_T [B, H, W, C] float32.
+  Step i = 0..S-1 goes from level i-1 to level i. With eps_at='target' it uses eps_fn(x, ts[i]),
+  the time-step of the level it reaches, as the matching sampling step does, so sampling with the
+  same num_steps undoes it exactly when eps_fn does not depend on x (and, with clip_x0, no
+  predicted x0 leaves [-1, 1]). With eps_at='source' it uses eps_fn(x, ts[i - 1]), the level it
+  leaves (ts[0] for the first step), as the official DiTi / PDAE encoders do
+  (`shift_ddim_encode`). clip_x0 (static) clamps each step's predicted x0 as `ddim_sample` does.
+  x0: [B, H, W, C]. Returns x_T [B, H, W, C] float32.
   """
+  if eps_at not in INVERT_EPS_AT:
+    raise ValueError(f'eps_at={eps_at!r}; valid: {INVERT_EPS_AT}.')
   ts, abar, abar_below = _ddim_levels(schedule, num_steps)
+  eps_ts = ts if eps_at == 'target' else jnp.concatenate([ts[:1], ts[:-1]])
   batch = x0.shape[0]
 
   def step(i, x):
     a_next, a = abar[i], abar_below[i]
-    eps = eps_fn(x, jnp.full((batch,), ts[i], jnp.int32)).astype(jnp.float32)
+    eps = eps_fn(x, jnp.full((batch,), eps_ts[i], jnp.int32)).astype(jnp.float32)
     x0_pred, eps = _x0_and_eps(x, eps, a, clip_x0)
     return jnp.sqrt(a_next) * x0_pred + jnp.sqrt(1 - a_next) * eps
 

@@ -260,6 +260,27 @@ def test_clipped_ddim_matches_float64_reference_and_differs_from_unclipped(sched
   assert np.abs(clipped - free).max() > 0.1
 
 
+def test_inversion_with_eps_of_the_level_it_leaves_matches_float64_reference(schedule):
+  """eps_at='source': each step evaluates eps at the time-step of the level it leaves, as the
+  official encoders (`shift_ddim_encode`) do; 'target' (ours) at the level it reaches."""
+  num_steps = 10
+  ts = ddim_timesteps(T, num_steps)
+  abar = np.asarray(schedule.alphas_cumprod, np.float64)
+  below = np.r_[1.0, abar[ts][:-1]]
+  eps_of = lambda x, t: 0.3 * np.sin(3 * x) * (1 + t / 100)
+  jax_eps = lambda x, t: 0.3 * jnp.sin(3 * x) * (1 + t[:, None, None, None] / 100)
+  start = np.asarray(jax.random.uniform(jax.random.key(1), (2, 4, 4, 2), minval=-1, maxval=1))
+  source = [(ts[max(i - 1, 0)], below[i], abar[ts[i]]) for i in range(num_steps)]
+  run = lambda eps_at: np.asarray(jax.jit(lambda x: ddim_invert(
+      jax_eps, schedule, x, num_steps=num_steps, clip_x0=True, eps_at=eps_at))(start))
+  from_source, from_target = run('source'), run('target')
+  np.testing.assert_allclose(from_source, _numpy_ddim_reference(
+      start.astype(np.float64), eps_of, source, clip=True), rtol=1e-4, atol=1e-4)
+  assert np.abs(from_source - from_target).max() > 1e-2
+  with pytest.raises(ValueError, match="eps_at='middle'"):
+    ddim_invert(jax_eps, schedule, jnp.asarray(start), num_steps=2, eps_at='middle')
+
+
 # ----------------------------------------------------------------------------- DDIM inversion
 
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jdiffrep import config as config_lib
 from jdiffrep import diffusion
 from jdiffrep import methods
 from jdiffrep import run
@@ -53,6 +54,24 @@ def test_shift_coefficient_and_weight_match_the_official_values():
   for t in (1, 10, 500, 999):
     want = -np.sqrt(1 - betas[t]) * (1 - abar[t - 1]) / np.sqrt(1 - abar[t])
     np.testing.assert_allclose(s[t], want, rtol=1e-3)
+
+
+def test_sampling_shift_is_the_training_one_or_the_official_one(tiny_config):
+  schedule = diffusion.make_schedule('linear', 1000)
+  training = np.asarray(diti.sampling_shift_coefficient(schedule, 'training'))
+  official = np.asarray(diti.sampling_shift_coefficient(schedule, 'official'))
+  np.testing.assert_array_equal(training, np.asarray(diti.shift_coefficient(schedule)))
+  abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+  np.testing.assert_allclose(official, -np.sqrt(1 - abar), rtol=1e-4)
+  # The same at large t, apart at small t (s_0 = 0 against -sqrt(beta_0) = -0.01).
+  np.testing.assert_allclose(training[500:], official[500:], rtol=0.02)
+  assert training[0] == 0.0 and official[0] == pytest.approx(-0.01, rel=1e-3)
+  with pytest.raises(ValueError, match='sampling_shift'):
+    diti.sampling_shift_coefficient(schedule, 'mine')
+  # The config fields reach the method; the real-data configs take the official choices.
+  config_lib.paper_scale_pipeline(tiny_config, num_train_steps=8, representation_steps=8)
+  method = _method(tiny_config, '')
+  assert (method.sampling_shift, method.invert_eps_at) == ('official', 'source')
 
 
 @pytest.mark.slow

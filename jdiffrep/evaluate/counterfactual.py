@@ -133,7 +133,7 @@ def _jitted_ddim(method, invert_steps: int, generate_steps: int):
   def invert(params, frozen, z, x0):
     eps_fn = method.conditioned_eps_fn(params, frozen, z)
     return diffusion.ddim_invert(eps_fn, method.schedule, x0, num_steps=invert_steps,
-                                 clip_x0=method.clip_x0)
+                                 clip_x0=method.clip_x0, eps_at=method.invert_eps_at)
 
   def decode(params, frozen, z, x_T):
     eps_fn = method.conditioned_eps_fn(params, frozen, z)

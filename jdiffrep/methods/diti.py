@@ -33,6 +33,21 @@ def shift_coefficient(schedule: diffusion.Schedule) -> jax.Array:
           / jnp.sqrt(1.0 - schedule.alphas_cumprod))
 
 
+SAMPLING_SHIFTS = ('training', 'official')
+
+
+def sampling_shift_coefficient(schedule: diffusion.Schedule, kind: str) -> jax.Array:
+  """The [T] coefficient of G in DDIM sampling and inversion: 'training' the s_t the branch was
+  trained with (`shift_coefficient`); 'official' -sqrt(1 - abar_t), what the official DiTi /
+  PDAE samplers use (`shift_ddim_sample`, `shift_ddim_encode`). They agree at large t and differ
+  most at small t (s_0 = 0 against -sqrt(beta_0))."""
+  if kind not in SAMPLING_SHIFTS:
+    raise ValueError(f'config.diti.sampling_shift={kind!r}; valid: {SAMPLING_SHIFTS}.')
+  if kind == 'training':
+    return shift_coefficient(schedule)
+  return -jnp.sqrt(1.0 - schedule.alphas_cumprod)
+
+
 @dataclasses.dataclass(frozen=True)
 class DiTi:
   """Encoder + gradient estimator on a frozen DiT; `num_subsets = 1` is PDAE."""
@@ -48,6 +63,8 @@ class DiTi:
   loss_weight_gamma: float = diffusion.PDAE_GAMMA  # w_t = snr^gamma / (1 + snr)
   reconstruction_steps: int = 50
   clip_x0: bool = True  # clamp each DDIM step's predicted x0 to [-1, 1], both ways (official)
+  sampling_shift: str = 'training'  # the coefficient of G when sampling (SAMPLING_SHIFTS)
+  invert_eps_at: str = 'target'  # the level DDIM inversion evaluates eps at (diffusion.py)
 
   @classmethod
   def from_config(cls, config, image_shape, *, workdir: str = '', pdae: bool = False) -> 'DiTi':
@@ -89,7 +106,9 @@ class DiTi:
                dm_prediction=config.diffusion.prediction,
                loss_weight_gamma=float(gamma),
                reconstruction_steps=config.sample.ddim_steps,
-               clip_x0=config.sample.clip_x0)
+               clip_x0=config.sample.clip_x0,
+               sampling_shift=c.sampling_shift,
+               invert_eps_at=config.sample.invert_eps_at)
 
   # -------------------------------------------------------------- shapes of things
   @property
@@ -145,14 +164,17 @@ class DiTi:
         partition=self.partition if self.partition.num_subsets > 1 else None,
         reconstructs=True)
 
-  def predict_eps(self, params, frozen, x_t, t, z_masked) -> jax.Array:
-    """eps_theta(x_t, t) + s_t G(x_t, t, z_masked); all [B, ...], t [B] int."""
+  def predict_eps(self, params, frozen, x_t, t, z_masked, shift=None) -> jax.Array:
+    """eps_theta(x_t, t) + s_t G(x_t, t, z_masked); all [B, ...], t [B] int.
+
+    shift: the [T] coefficient table s; None: the training one (`shift_coefficient`).
+    """
     output, tokens = self.dm.apply({'params': frozen['dm']}, x_t, t,
                                    capture_block=self.capture_block)
     eps_dm = diffusion.eps_from_prediction(self.schedule, self.dm_prediction, x_t, t, output)
     eps_dm, tokens = jax.lax.stop_gradient((eps_dm, tokens))
     g = self.branch.apply({'params': params['branch']}, tokens, t, z_masked, self.grid)
-    s = shift_coefficient(self.schedule)[t]
+    s = (shift_coefficient(self.schedule) if shift is None else shift)[t]
     return eps_dm + s[:, None, None, None] * g
 
   def loss(self, params, frozen, batch: dict, rng: jax.Array):
@@ -174,14 +196,15 @@ class DiTi:
   def conditioned_eps_fn(self, params, frozen, z: jax.Array):
     """eps_fn(x, t) for DDIM with z masked by m(t) at every step (inversion and generation)."""
     masks = timestep_features.mask_tables(self.partition)
+    shift = sampling_shift_coefficient(self.schedule, self.sampling_shift)
     return lambda x, t: self.predict_eps(params, frozen, x, t,
-                                         timestep_features.mask_condition(z, t, masks))
+                                         timestep_features.mask_condition(z, t, masks), shift)
 
   def reconstruct(self, params, frozen, x0: jax.Array, *, num_steps: int) -> jax.Array:
     """DDIM-invert x0 with its own z, then decode: the autoencoder's output [B, H, W, C]."""
     eps_fn = self.conditioned_eps_fn(params, frozen, self.encode(params, x0))
     x_T = diffusion.ddim_invert(eps_fn, self.schedule, x0, num_steps=num_steps,
-                                clip_x0=self.clip_x0)
+                                clip_x0=self.clip_x0, eps_at=self.invert_eps_at)
     return diffusion.ddim_sample(eps_fn, self.schedule, x_T, num_steps=num_steps,
                                  clip_x0=self.clip_x0)
 
