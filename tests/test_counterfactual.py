@@ -209,6 +209,7 @@ class _ZeroEpsMethod:
   schedule = diffusion.make_schedule('linear', 1000)
   partition = timestep_features.make_partition(4, 4, 1000)
   clip_x0 = True
+  invert_eps_at = 'target'
 
   def encode(self, params, x0):
     del params
