@@ -6,6 +6,7 @@ import pytest
 
 from jdiffrep import timestep_features
 from jdiffrep.evaluate import counterfactual
+from jdiffrep.evaluate import features as features_lib
 from jdiffrep.evaluate import timestep_probe
 
 NAMES = ('coarse_a', 'coarse_b', 'fine_a', 'fine_b')
@@ -19,7 +20,7 @@ def _synthetic_splits(partition, groups, seed=0, sizes=(20000, 1000, 1000)):
   weights = [rng.normal(size=timestep_probe.group_columns(partition, groups[g]).size)
              for g in OWNER]
   features, attributes = {}, {}
-  for split, size in zip(timestep_probe.SPLITS, sizes):
+  for split, size in zip(features_lib.SPLITS, sizes):
     z = rng.normal(size=(size, partition.latent_dim)).astype(np.float32)
     columns = [z[:, timestep_probe.group_columns(partition, groups[g])] for g in OWNER]
     attributes[split] = np.stack([c @ w > 0 for c, w in zip(columns, weights)], axis=1)
@@ -80,7 +81,7 @@ def test_random_rotation_spreads_each_attribute_over_every_group(probed):
   features, attributes = _synthetic_splits(partition, groups)
   rotated = timestep_probe.random_rotation(features, seed=1)
   # One orthogonal matrix for every split: inner products are kept, the dims are mixed.
-  for split in timestep_probe.SPLITS:
+  for split in features_lib.SPLITS:
     z, zr = features[split][:50], rotated[split][:50]
     np.testing.assert_allclose(zr @ zr.T, z @ z.T, rtol=1e-4, atol=1e-3)
     assert not np.allclose(zr, z, atol=0.1)

@@ -78,7 +78,7 @@ def _make_train_step(model: AttributeCNN, optimizer: optax.GradientTransformatio
 def _batched_probabilities(model: AttributeCNN, params, batch_size: int = 256
                            ) -> ProbabilitiesFn:
   """Class probabilities in fixed-size, zero-padded batches, so the jitted core compiles once."""
-  # params is an argument, not a closed-over constant (see `evaluators.base.Context.feature_function`).
+  # params is an argument, not a closed-over constant (`evaluators.base.Context.feature_function`).
   predict = jax.jit(lambda p, x: {name: jax.nn.softmax(logits, axis=-1)
                                   for name, logits in model.apply({'params': p}, x).items()})
 

@@ -19,11 +19,11 @@ from absl import logging
 import numpy as np
 
 from jdiffrep import images
+from jdiffrep.evaluate import feature_store
 from jdiffrep.evaluate import features
 from jdiffrep.evaluate import knn
 from jdiffrep.evaluate import probe
 
-SPLITS = ('train', 'validation', 'test')
 _SWEEP_NAME = re.compile(r'^(.+)_t(\d+)$')  # '{family}_t{t}'
 
 
@@ -35,21 +35,22 @@ def label_matrix(labels: Mapping[str, np.ndarray]) -> tuple[list[str], np.ndarra
 
 def probe_features(feature_sets: Mapping[str, dict], names: Sequence[str], *, epochs: int,
                    seed: int, knn_k: int, standardize: bool = True,
-                   chunk_bytes: int = probe.DEFAULT_CHUNK_BYTES) -> dict:
+                   chunk_bytes: int = feature_store.DEFAULT_CHUNK_BYTES) -> dict:
   """Linear probe and kNN of every named feature set on the categorical labels.
 
   feature_sets: {split: {'features': {name: [N, D] array or streamed}, 'labels': {attribute: [N]
-  int}}} for the splits 'train', 'validation', 'test'; `chunk_bytes` as in `probe`. Returns {name: {'linear': {'mean': acc, 'per_attribute':
-  {...}, 'best_epoch': e}, 'knn': {'mean': acc, 'per_attribute': {...}}}}.
+  int}}} for the splits 'train', 'validation', 'test'; `chunk_bytes` as in `probe`. Returns
+  {name: {'linear': {'mean': acc, 'per_attribute': {...}, 'best_epoch': e}, 'knn': {'mean': acc,
+  'per_attribute': {...}}}}.
   """
-  attributes, labels = zip(*(label_matrix(feature_sets[s]['labels']) for s in SPLITS))
+  attributes, labels = zip(*(label_matrix(feature_sets[s]['labels']) for s in features.SPLITS))
   attributes = attributes[0]
   num_classes = [int(max(y[:, a].max() for y in labels)) + 1 for a in range(len(attributes))]
-  y = dict(zip(SPLITS, labels))
+  y = dict(zip(features.SPLITS, labels))
   mirrored = feature_sets.get(features.MIRRORED_TRAIN, {}).get('features', {})
   results = {}
   for name in names:
-    x = {s: feature_sets[s]['features'][name] for s in SPLITS}
+    x = {s: feature_sets[s]['features'][name] for s in features.SPLITS}
     linear = probe.train_categorical_probe(
         x['train'], y['train'], x['validation'], y['validation'], x['test'], y['test'],
         num_classes=num_classes, epochs=epochs, seed=seed, standardize=standardize,

@@ -12,6 +12,7 @@ import numpy as np
 from jdiffrep.data import pipeline
 from jdiffrep.evaluate import feature_store
 
+SPLITS = ('train', 'validation', 'test')  # the keys of the probes' three splits
 MIRRORED_TRAIN = 'train_mirrored'  # the key of the horizontally flipped train images' features
 
 

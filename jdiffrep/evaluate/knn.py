@@ -1,4 +1,4 @@
-"""Cosine-similarity kNN on frozen features (k = 20, DINO's weighting): the probes' cheap second view.
+"""Cosine-similarity kNN on frozen features (k = 20, DINO's weighting), the probes' second view.
 
 A training matrix larger than `chunk_bytes` (in memory or `feature_store` streamed) is searched a
 chunk at a time and the chunks' neighbours are merged, which gives exactly the whole search's
@@ -40,9 +40,9 @@ def _merge_nearest(best: tuple[np.ndarray, np.ndarray], found: tuple[np.ndarray,
           np.take_along_axis(indices, order, axis=1))
 
 
-def neighbours(train_x: Features, query_x: Features, *, k: int = 20,
-                   batch_size: int = 1024, chunk_bytes: int = feature_store.DEFAULT_CHUNK_BYTES
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def neighbours(train_x: Features, query_x: Features, *, k: int = 20, batch_size: int = 1024,
+               chunk_bytes: int = feature_store.DEFAULT_CHUNK_BYTES
+               ) -> tuple[np.ndarray, np.ndarray]:
   """The k most cosine-similar training rows of every query: (similarity [M, k], index [M, k]).
 
   Features are L2-normalised first, so the dot product is the cosine similarity; queries run
@@ -80,7 +80,7 @@ def neighbours(train_x: Features, query_x: Features, *, k: int = 20,
 
 
 def vote(similarity: np.ndarray, neighbour_labels: np.ndarray, num_classes: int, *,
-             temperature: float = 0.07) -> np.ndarray:
+         temperature: float = 0.07) -> np.ndarray:
   """Weighted vote [M] from neighbours' similarity [M, k] and labels [M, k] (DINO weighting).
 
   Each neighbour votes for its class with weight exp(similarity / temperature); ties go to the
@@ -94,9 +94,9 @@ def vote(similarity: np.ndarray, neighbour_labels: np.ndarray, num_classes: int,
 
 
 def attribute_accuracy(train_x: Features, train_y: np.ndarray, test_x: Features,
-                           test_y: np.ndarray, *, num_classes, k: int = 20,
-                           batch_size: int = 1024, temperature: float = 0.07,
-                           chunk_bytes: int = feature_store.DEFAULT_CHUNK_BYTES) -> np.ndarray:
+                       test_y: np.ndarray, *, num_classes, k: int = 20, batch_size: int = 1024,
+                       temperature: float = 0.07,
+                       chunk_bytes: int = feature_store.DEFAULT_CHUNK_BYTES) -> np.ndarray:
   """kNN top-1 accuracy [A] for A categorical attributes at once (one neighbour search).
 
   train_y [N, A], test_y [M, A] int; num_classes: [A] values per attribute; chunk_bytes as in

@@ -43,8 +43,6 @@ from jdiffrep.evaluate import feature_store
 from jdiffrep.evaluate import metrics
 from jdiffrep.evaluate.feature_store import Features
 
-DEFAULT_CHUNK_BYTES = feature_store.DEFAULT_CHUNK_BYTES
-
 # Per-example loss: (logits [B, K], targets [B, ...]) -> [B].
 PerExampleLoss = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -70,7 +68,7 @@ class ProbeResult:
 # ----------------------------------------------------------------------------------------------
 
 
-def standardization_stats(train_x: Features, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+def standardization_stats(train_x: Features, chunk_bytes: int = feature_store.DEFAULT_CHUNK_BYTES
                           ) -> tuple[np.ndarray, np.ndarray]:
   """Per-feature (mean [D], std [D]) of the training features, in float64; std 0 becomes 1.
 
@@ -304,7 +302,7 @@ def train_attribute_probe(train_x: Features, train_y: np.ndarray, val_x: Feature
                           val_y: np.ndarray, test_x: Features, test_y: np.ndarray, *,
                           epochs: int = 15, batch_size: int = 128, learning_rate: float = 1e-3,
                           seed: int = 0, standardize: bool = True,
-                          chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                          chunk_bytes: int = feature_store.DEFAULT_CHUNK_BYTES,
                           train_x_mirrored: Features | None = None) -> ProbeResult:
   """Multi-label attribute probe (DiTi / PDAE protocol): best epoch by validation mean AP.
 
@@ -362,7 +360,7 @@ def train_categorical_probe(train_x: Features, train_y: np.ndarray, val_x: Featu
                             num_classes, epochs: int = 15, batch_size: int = 128,
                             learning_rate: float = 1e-3, seed: int = 0, standardize: bool = True,
                             cosine_decay: bool = True,
-                            chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                            chunk_bytes: int = feature_store.DEFAULT_CHUNK_BYTES,
                             train_x_mirrored: Features | None = None) -> ProbeResult:
   """One linear classification probe per categorical attribute, trained as one Linear layer.
 

@@ -23,8 +23,6 @@ from jdiffrep.evaluate import feature_store
 from jdiffrep.evaluate import features
 from jdiffrep.evaluate import probe
 
-SPLITS = ('train', 'validation', 'test')
-
 
 def group_columns(partition: timestep_features.TimestepPartition,
                   group: counterfactual.Group) -> np.ndarray:
@@ -54,10 +52,11 @@ def group_probe(features_by_split: Mapping[str, feature_store.Features],
     'num_dims': n, 'mean_ap': test mean AP, 'ap_per_attribute': {name: test AP}}}, in group
     order.
   """
-  missing = [s for s in SPLITS if s not in features_by_split or s not in attributes_by_split]
+  missing = [s for s in features.SPLITS
+             if s not in features_by_split or s not in attributes_by_split]
   if missing:
-    raise ValueError(f'group_probe needs features and attributes for the splits {SPLITS}; '
-                     f'missing {missing}.')
+    raise ValueError('group_probe needs features and attributes for the splits '
+                     f'{features.SPLITS}; missing {missing}.')
   num_attributes = np.asarray(attributes_by_split['train']).shape[1]
   names = list(attribute_names or [f'attribute_{j}' for j in range(num_attributes)])
   if len(names) != num_attributes:
@@ -66,7 +65,7 @@ def group_probe(features_by_split: Mapping[str, feature_store.Features],
   for group in groups:
     columns = group_columns(partition, group)
     x = {s: feature_store.take_columns(z, columns) for s, z in features_by_split.items()}
-    y = {s: attributes_by_split[s] for s in SPLITS}
+    y = {s: attributes_by_split[s] for s in features.SPLITS}
     fit = probe.train_attribute_probe(x['train'], y['train'], x['validation'], y['validation'],
                                       x['test'], y['test'], epochs=epochs, seed=seed,
                                       train_x_mirrored=x.get(features.MIRRORED_TRAIN),

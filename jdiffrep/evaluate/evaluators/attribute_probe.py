@@ -5,16 +5,15 @@ from __future__ import annotations
 from absl import logging
 
 from jdiffrep.evaluate import embedding_probe
+from jdiffrep.evaluate import feature_store
 from jdiffrep.evaluate import features
 from jdiffrep.evaluate import probe
 from jdiffrep.evaluate.evaluators import base
 
-SPLITS = ('train', 'validation', 'test')
-
 
 def attribute_probes(feature_sets: dict, attribute_names, *, epochs: int, seed: int,
                      standardize: bool = True,
-                     chunk_bytes: int = probe.DEFAULT_CHUNK_BYTES) -> dict:
+                     chunk_bytes: int = feature_store.DEFAULT_CHUNK_BYTES) -> dict:
   """{feature set: validation and test mean AP, best epoch, test AP per attribute}.
 
   feature_sets: `Context.feature_sets`; every feature set is probed (pixels, DiTi's and PDAE's z,
@@ -23,8 +22,8 @@ def attribute_probes(feature_sets: dict, attribute_names, *, epochs: int, seed: 
   """
   results = {}
   for name in feature_sets['train']['features']:
-    split_x = {s: feature_sets[s]['features'][name] for s in SPLITS}
-    split_y = {s: feature_sets[s]['attributes'] for s in SPLITS}
+    split_x = {s: feature_sets[s]['features'][name] for s in features.SPLITS}
+    split_y = {s: feature_sets[s]['attributes'] for s in features.SPLITS}
     result = probe.train_attribute_probe(
         split_x['train'], split_y['train'], split_x['validation'], split_y['validation'],
         split_x['test'], split_y['test'], epochs=epochs, seed=seed, standardize=standardize,

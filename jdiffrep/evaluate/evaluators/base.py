@@ -137,7 +137,8 @@ class Context:
   @property
   def feature_sets(self) -> dict:
     """{split key: {'features': {name: [N, D]}, 'labels': {...}, 'attributes': [N, A]}}; with
-    `config.evaluate.probe_train_flip`, also `features.MIRRORED_TRAIN`: the flipped train images' features."""
+    `config.evaluate.probe_train_flip`, also `features.MIRRORED_TRAIN`: the flipped train
+    images' features."""
     if self._feature_sets is None:
       self._store = feature_store.FeatureStore(self.scratch_dir,
                                                self.eval_config.feature_memory_mb * 2 ** 20)
@@ -149,7 +150,8 @@ class Context:
         limits[features.MIRRORED_TRAIN] = limits['train']
       self._feature_sets = features.extract(
           self.feature_function(), self.config.dataset, splits, self._store,
-          batch_size=self.eval_config.batch_size, limits=limits, mirrored=(features.MIRRORED_TRAIN,))
+          batch_size=self.eval_config.batch_size, limits=limits,
+          mirrored=(features.MIRRORED_TRAIN,))
       self.extraction_info = {
           'num_examples': {key: feature_store.num_rows(next(iter(value['features'].values())))
                            for key, value in self._feature_sets.items() if key in self.splits},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from jdiffrep.evaluate import counterfactual
+from jdiffrep.evaluate import features
 from jdiffrep.evaluate import timestep_probe
 from jdiffrep.evaluate.evaluators import base
 
@@ -20,7 +21,7 @@ class TimestepProbe(base.Evaluator):
     groups = counterfactual.subset_groups(partition.num_subsets)
     feature_sets = context.feature_sets
     z = {key: value['features'][stage.name] for key, value in feature_sets.items()}
-    attributes = {key: feature_sets[key]['attributes'] for key in timestep_probe.SPLITS}
+    attributes = {key: feature_sets[key]['attributes'] for key in features.SPLITS}
     eval_config = context.eval_config
 
     def probe_groups(z_by_split, png_name, **plot_kwargs):
