@@ -59,6 +59,9 @@ def get_config(arg: str | None = None):
   # DiTi's loss weight instead of the uniform x0 loss: z learns texture (0.39 -> 0.93) and keeps
   # improving, 0.890 mean accuracy at step 8000 against 0.774 at the uniform plateau.
   config.sdae.loss_weight = 'pdae'
+  # The SSL baselines (configs/shapes_long.py trains them): a flip would swap position labels.
+  config.simclr.augment.flip_prob = 0.0
+  config.simsiam.augment.flip_prob = 0.0
   # Evaluation sized for the 20-minute budget: each point of a t sweep is one more encoder or DM
   # pass over the 30k evaluated images (24 s for sdae's, 31 s for the DM's on 2 cores). The DM's
   # curve is flat below t = 25 and falls after t = 100, and t = 0 was its best in every default

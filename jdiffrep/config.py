@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-VALID_METHODS = ('ddpm', 'diti', 'pdae', 'sdae')
+VALID_METHODS = ('ddpm', 'diti', 'pdae', 'sdae', 'simclr', 'simsiam')
 EVALUATE_STAGE = 'evaluate'
 VALID_SCHEDULES = ('linear', 'cosine')
 VALID_DTYPES = ('float32', 'bfloat16', 'float16')
@@ -123,6 +123,25 @@ def base_config() -> ml_collections.ConfigDict:
   config.sdae.denoiser_init = 'scratch'
   config.sdae.dm_workdir = ml_collections.config_dict.placeholder(str)  # None: <workdir>/ddpm
 
+  # The self-supervised baselines of the DiTi paper on DiTi's encoder (config.diti's kind,
+  # widths and latent_dim), with the official settings (`config/celeba64/simclr.yml`,
+  # `simsiam.yml`): loss = loss_weight x the SSL loss; the encoder trains with config.optim, the
+  # head with SGD (momentum, weight decay, cosine to head_final_lr_fraction of its rate).
+  # head_learning_rate is the official lr x (batch per GPU) / 32 at one GPU: SimCLR's SSL batch
+  # 512 at 1e-3, SimSiam's 128 at 1e-4.
+  config.simclr = _ssl_section(head_learning_rate=1e-3 * 512 / 32, jitter=(0.8, 0.8, 0.8, 0.2))
+  config.simclr.temperature = 0.5
+  config.simclr.projection_dim = 256
+  config.simsiam = _ssl_section(head_learning_rate=1e-4 * 128 / 32, jitter=(0.4, 0.4, 0.4, 0.1))
+  config.simsiam.bottleneck_dim = 128  # the predictor's hidden width
+  config.simsiam.out_dim = -1  # projector output; -1: latent_dim (official out_dim = latent_dim)
+
+  # Every method that learns an embedding (DiTi, PDAE, sdae, SimCLR, SimSiam) logs its health to
+  # TensorBoard at each log step: per-dimension std of the L2-normalised embedding (mean, min;
+  # 1/sqrt(d) when spread evenly, 0 when collapsed) and its effective rank, on the first
+  # `health_images` images of the eval split (`jdiffrep/health.py`). 0 turns it off.
+  config.health_images = 256
+
   # The 'evaluate' pipeline stage (SPEC section 5).
   config.evaluate = ml_collections.ConfigDict()
   config.evaluate.batch_size = 256  # feature extraction
@@ -163,6 +182,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.evaluate.embedding_timesteps = (0, 10, 25, 50, 100, 200, 400)
   config.evaluate.dm_feature_timesteps = (0, 10, 25, 50, 100, 200, 400)
   config.evaluate.knn_k = 20
+  # One more row per encoder architecture of the trained stages (DiTi's and the SSL baselines'
+  # conv encoder, sdae's DiT encoder), at random initialisation (seed config.seed): what training
+  # added over the architecture alone.
+  config.evaluate.random_encoder_baselines = True
   # The evaluators the stage runs (jdiffrep/evaluate/evaluators/): each entry names its `type`
   # and options; `enabled=False` leaves one out. An evaluator that lacks what it needs
   # (attributes, labels, a stage with time-step subsets) is skipped with the reason.
@@ -182,6 +205,25 @@ def base_config() -> ml_collections.ConfigDict:
   # smaller ones (biases, norms) are replicated. See jdiffrep/sharding.py:fsdp_spec.
   config.mesh.fsdp_min_size = 2 ** 16
   return config
+
+
+def _ssl_section(*, head_learning_rate: float, jitter) -> ml_collections.ConfigDict:
+  """The fields SimCLR and SimSiam share (`jdiffrep.methods.ssl`, `jdiffrep.augment`)."""
+  section = ml_collections.ConfigDict()
+  section.loss_weight = 0.01  # the official ssl_weight
+  section.hidden_dim = -1  # the head's hidden width; -1: latent_dim (official)
+  section.head_learning_rate = head_learning_rate
+  section.head_momentum = 0.9
+  section.head_weight_decay = 1e-6
+  section.head_final_lr_fraction = 0.1
+  brightness, contrast, saturation, hue = jitter
+  # Each view: flip, colour jitter (in random order), grayscale, Gaussian blur of kernel
+  # size // 20 * 2 + 1, with these probabilities; a flip is off where it changes the labels.
+  section.augment = ml_collections.ConfigDict({
+      'flip_prob': 0.5, 'jitter_prob': 0.8, 'brightness': brightness, 'contrast': contrast,
+      'saturation': saturation, 'hue': hue, 'grayscale_prob': 0.2, 'blur_prob': 0.5,
+      'blur_sigma': (0.1, 2.0)})
+  return section
 
 
 def paper_scale_pipeline(config: ml_collections.ConfigDict, *, num_train_steps: int,
@@ -267,6 +309,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.evaluate.probe_train_flip and not spec.flip_preserves_labels:
     raise ValueError(f'config.evaluate.probe_train_flip=True, but a horizontal flip changes the '
                      f'labels of {spec.name!r} (e.g. position left/right); set it to False.')
+  for method in ('simclr', 'simsiam'):
+    uses = config.method == method or method in config.pipeline
+    if uses and config[method].augment.flip_prob > 0 and not spec.flip_preserves_labels:
+      raise ValueError(f'config.{method}.augment.flip_prob={config[method].augment.flip_prob}, '
+                       f'but a horizontal flip changes the labels of {spec.name!r}: the '
+                       'embedding would learn to ignore them. Set it to 0.')
   for field in ('counterfactual_alpha', 'counterfactual_noise_alpha'):
     if not 0.0 <= config.evaluate[field] <= 1.0:
       raise ValueError(f'config.evaluate.{field}={config.evaluate[field]} must be in [0, 1] '

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-PAIR_COLUMNS = 8  # `interleave_rows` grids: 8 originals, then their 8 outputs
+PAIR_COLUMNS = 8  # `interleave_rows` grids: 8 originals, then their 8 outputs (per set)
 
 
 def make_grid(images: np.ndarray, *, num_columns: int | None = None, padding: int = 1,
@@ -64,15 +64,16 @@ def save_figure(path: str | epath.PathLike, figure) -> str:
   return _write(path, buffer.getvalue())
 
 
-def interleave_rows(originals, outputs, columns: int = PAIR_COLUMNS):
-  """Rows of `columns` originals, each followed by the row of their outputs. Jittable.
+def interleave_rows(originals, *outputs, columns: int = PAIR_COLUMNS):
+  """Rows of `columns` originals, each followed by the same row of every set of outputs. Jittable.
 
-  originals, outputs: [N, H, W, C] in [-1, 1] -> [2 * ceil(N / columns) * columns, H, W, C];
-  the last row is padded with white.
+  originals, each of outputs: [N, H, W, C] in [-1, 1] -> [S * ceil(N / columns) * columns, H, W,
+  C] with S = 1 + len(outputs); the last row is padded with white.
   """
+  sets = (originals, *outputs)
   rows = -(-originals.shape[0] // columns)
   pad = rows * columns - originals.shape[0]
-  pair = jnp.stack([jnp.pad(x, ((0, pad), (0, 0), (0, 0), (0, 0)), constant_values=1.0)
-                    for x in (originals, outputs)])  # [2, rows * columns, H, W, C]
-  pair = pair.reshape(2, rows, columns, *originals.shape[1:]).swapaxes(0, 1)
-  return pair.reshape(-1, *originals.shape[1:])
+  stacked = jnp.stack([jnp.pad(x, ((0, pad), (0, 0), (0, 0), (0, 0)), constant_values=1.0)
+                       for x in sets])  # [S, rows * columns, H, W, C]
+  stacked = stacked.reshape(len(sets), rows, columns, *originals.shape[1:]).swapaxes(0, 1)
+  return stacked.reshape(-1, *originals.shape[1:])

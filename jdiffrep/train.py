@@ -24,6 +24,7 @@ import optax
 
 from jdiffrep import checkpoint
 from jdiffrep import config as config_lib
+from jdiffrep import health as health_lib
 from jdiffrep import images
 from jdiffrep import methods
 from jdiffrep import metric_writer
@@ -54,6 +55,32 @@ def make_optimizer(optim_config) -> tuple[optax.GradientTransformation, optax.Sc
   if optim_config.grad_clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(optim_config.grad_clip_norm), adamw), schedule
   return adamw, schedule
+
+
+def method_optimizer(config: ml_collections.ConfigDict, method
+                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """`make_optimizer(config.optim)` for every parameter, unless the method splits them: one with
+  `optimizer(tx)` (SimCLR / SimSiam: the head's own SGD) gets `tx` for the rest."""
+  tx, schedule = make_optimizer(config.optim)
+  if hasattr(method, 'optimizer'):
+    tx = method.optimizer(tx)
+  return tx, schedule
+
+
+def make_health_fn(method, images: jax.Array):
+  """state -> {'health/<name>': float} of the online and 'health_ema/...' of the EMA embedding
+  of `images` (`jdiffrep.health`), or None when the method learns no embedding."""
+  if not hasattr(method, 'embedding') or not images.shape[0]:
+    return None
+
+  @jax.jit
+  def health(params, ema_params, images):  # parameters as arguments, never folded constants
+    return {f'{prefix}/{name}': value
+            for prefix, tree in (('health', params), ('health_ema', ema_params))
+            for name, value in health_lib.embedding_health(method.embedding(tree, images)).items()}
+
+  return lambda state: {k: float(v) for k, v in
+                        jax.device_get(health(state.params, state.ema_params, images)).items()}
 
 
 def init_train_state(method, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
@@ -159,7 +186,7 @@ def compile_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = make_checked_mesh(config)
   resolution = config.dataset.resolution
   method = methods.make_method(config, (resolution, resolution, 3), workdir=workdir)
-  tx, learning_rate = make_optimizer(config.optim)
+  tx, learning_rate = method_optimizer(config, method)
   step_fn, state_sharding, frozen_sharding = make_sharded_step(config, method, tx, learning_rate,
                                                                mesh)
   with_sharding = lambda tree, shardings: jax.tree.map(
@@ -268,7 +295,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, sigterm
 
   # ---------------------------------------------------------------- model and optimiser
   method = methods.make_method(config, image_shape, workdir=str(workdir))
-  tx, learning_rate = make_optimizer(config.optim)
+  tx, learning_rate = method_optimizer(config, method)
   replicated = sharding.replicated(mesh)
   step_fn, state_sharding, frozen_sharding = make_sharded_step(config, method, tx, learning_rate,
                                                                mesh)
@@ -306,6 +333,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, sigterm
   preview_jit = jax.jit(method.preview, out_shardings=replicated)
   preview_fn = lambda params: preview_jit(params, frozen, jax.random.PRNGKey(config.seed + 1),
                                           preview_images)
+  health_fn = (make_health_fn(method, jax.device_put(
+      pipeline.first_images(config.dataset, config.health_images), replicated))
+               if config.health_images else None)
+  last_health: dict[str, float] = {}
   if is_chief:
     writer.write_hparams({k: v for k, v in config.to_dict().items()
                           if isinstance(v, (int, float, str, bool))})
@@ -348,6 +379,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, sigterm
       summary['images_per_sec'] = len(pending_metrics) * config.batch_size / elapsed
       summary['step_time_ms'] = 1000.0 * elapsed / len(pending_metrics)
       last_loss = summary['loss']
+      if health_fn is not None:  # after `elapsed`: not counted as training time
+        last_health = health_fn(state)
+        summary.update(last_health)
       writer.write_scalars(step, summary)
       pending_metrics, interval_start, excluded = [], time.time(), 0.0
 
@@ -397,6 +431,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, sigterm
       'images_per_sec': images_seen / train_seconds if train_seconds else None,
       'compile_seconds': compile_seconds,
       'xla_flops_per_step': flops_per_step,
+      'embedding_health': last_health,  # at the last log step; empty for the DM
       'wall_seconds': time.time() - wall_start,
       'artifacts': {
           'checkpoints': str(manager.directory),

@@ -27,10 +27,19 @@ from jdiffrep import checkpoint
 from jdiffrep import config as config_lib
 from jdiffrep import methods
 from jdiffrep import train
+from tests import sharded_training
 from tests.conftest import small_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSS_RTOL, PARAM_ATOL, PARAM_RTOL = 1e-5, 1e-5, 1e-5
+# (rtol of the losses and gradient norms after the first step, atol of the final params) where
+# float32 noise grows: the SSL encoders have many weights with gradients near Adam's eps (1e-8;
+# 50k of 464k at step 1, e.g. biases that SimSiam's batch norm cancels), whose update is the sign
+# of that noise, so the states drift apart by up to a quarter step (2.7e-4 at learning rate
+# 1e-3) in 3 steps. Their first step is held to the strict tolerance: gradients agree to 4e-6 of
+# each tensor's largest (seen), and a loss or batch norm computed per device would not.
+SSL_TOLERANCES = (2e-3, 1e-3)
+TOLERANCES = {'simclr': SSL_TOLERANCES, 'simsiam': SSL_TOLERANCES}
 
 
 def _env(num_devices: int) -> dict:
@@ -51,22 +60,27 @@ def _free_port() -> int:
 @pytest.mark.timeout(900)
 @pytest.mark.slow
 def test_sharded_steps_match_one_device(shapes_data_dir, tmp_path):
-  """DM, DiTi and sdae steps: 8-way data parallel and 2x4 data x fsdp == one device."""
+  """DM, DiTi, sdae, SimCLR and SimSiam steps: 8-way data parallel and 2x4 data x fsdp == one
+  device."""
   proc = subprocess.run(
       [sys.executable, '-m', 'tests.sharded_training', shapes_data_dir, str(tmp_path)],
       cwd=REPO_ROOT, env=_env(8), capture_output=True, text=True, timeout=850)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  for method in ('ddpm', 'diti', 'sdae'):
+  for method in sharded_training.SHARDED_METHODS:
     one = np.load(tmp_path / f'{method}_1dev.npz')
     assert not one['split'].any()
-    for mesh in ('8x1', '2x4'):
+    for mesh in sharded_training.meshes_of(method)[1:]:
       other = np.load(tmp_path / f'{method}_{mesh}.npz')
-      np.testing.assert_allclose(other['losses'], one['losses'], rtol=LOSS_RTOL)
-      np.testing.assert_allclose(other['grad_norms'], one['grad_norms'], rtol=LOSS_RTOL)
+      later_rtol, param_atol = TOLERANCES.get(method, (LOSS_RTOL, PARAM_ATOL))
+      for key in ('losses', 'grad_norms'):
+        np.testing.assert_allclose(other[key][0], one[key][0], rtol=LOSS_RTOL, atol=1e-6,
+                                   err_msg=f'{method} {mesh} first step {key}')
+        np.testing.assert_allclose(other[key], one[key], rtol=later_rtol, atol=1e-5,
+                                   err_msg=f'{method} {mesh} {key}')
       params = sorted(k for k in one.files if k.startswith('param_'))
       assert params and params == sorted(k for k in other.files if k.startswith('param_'))
       for key in params:
-        np.testing.assert_allclose(other[key], one[key], rtol=PARAM_RTOL, atol=PARAM_ATOL,
+        np.testing.assert_allclose(other[key], one[key], rtol=PARAM_RTOL, atol=param_atol,
                                    err_msg=f'{method} {mesh} {key}')
       # 8x1 replicates the state; 2x4 really splits matrices (and DiTi's frozen DM) over fsdp.
       assert other['split'].any() == (mesh == '2x4')

@@ -14,6 +14,7 @@ headline numbers as TensorBoard scalars in `<workdir>/evaluate`, each evaluator'
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -49,6 +50,32 @@ def load_stage(config, workdir: str, name: str, image_shape) -> base.Stage | Non
                     step=checkpoint.latest_step(stage_dir / 'checkpoints'))
 
 
+RANDOM_PREFIX = 'random_'
+
+
+def random_encoder_stages(stages: dict[str, base.Stage], eval_config, seed: int
+                          ) -> dict[str, base.Stage]:
+  """{f'random_{name}': the first stage `name` of each encoder architecture, at random init}.
+
+  Stages whose representations declare the same `architecture` (DiTi, PDAE and the SSL baselines
+  on one conv encoder) share one row; its features are named as the stage's would be, with the
+  prefix (`random_diti`, `random_sdae_t0`, ...). Random rows neither decode nor split z.
+  """
+  random_stages, seen = {}, set()
+  for name, stage in stages.items():
+    architecture = stage.representation.architecture
+    if architecture is None or architecture in seen:
+      continue
+    seen.add(architecture)
+    random_name = f'{RANDOM_PREFIX}{name}'
+    representation = stage.method.representation(random_name, eval_config, seed)
+    params = jax.jit(stage.method.init_params)(jax.random.PRNGKey(seed))
+    random_stages[random_name] = dataclasses.replace(
+        stage, name=random_name, params=params, step=0,
+        representation=dataclasses.replace(representation, partition=None, reconstructs=False))
+  return random_stages
+
+
 def entries(eval_config) -> list[tuple[str, object]]:
   """[(name, entry)] of the enabled `eval_config.evals`, checked, their options' defaults filled,
   in the order they run: by name (a ConfigDict's order), those that read others' results last."""
@@ -82,9 +109,19 @@ def evaluate(config, workdir: str) -> dict:
       stage = load_stage(config, workdir, name, image_shape)
       if stage is not None:
         stages[name] = stage
+  random_rows = {}
+  if config.evaluate.random_encoder_baselines:
+    random_stages = random_encoder_stages(stages, config.evaluate, config.seed)
+    random_rows = {name: [trained for trained, stage in stages.items()
+                          if stage.representation.architecture
+                          == random_stage.representation.architecture]
+                   for name, random_stage in random_stages.items()}
+    stages.update(random_stages)
   with tempfile.TemporaryDirectory(prefix='jdiffrep_features_',
                                    dir=config.evaluate.feature_dir or None) as scratch:
     context = base.Context(config, out_dir, scratch, stages)
+    if random_rows:  # which trained stages each random-initialisation row stands beside
+      context.results['random_encoder_rows'] = random_rows
     try:
       return run_evaluators(context)
     finally:

@@ -48,6 +48,18 @@ def sampling_shift_coefficient(schedule: diffusion.Schedule, kind: str) -> jax.A
   return -jnp.sqrt(1.0 - schedule.alphas_cumprod)
 
 
+def make_encoder(config) -> encoders.nn.Module:
+  """The image encoder `config.diti` describes (kind, widths, d): DiTi's and PDAE's, and the one
+  the SimCLR / SimSiam baselines train, so that every method ranks the same architecture."""
+  c = config.diti
+  encoder_fields = ({'attention_resolution': c.encoder_attention_resolution,
+                     'channels': tuple(c.encoder_channels),
+                     'num_heads': c.encoder_num_heads}
+                    if c.encoder == 'conv' else {})
+  return encoders.make_encoder(c.encoder, c.latent_dim, dtype=jnp.dtype(config.model.dtype),
+                               **encoder_fields)
+
+
 @dataclasses.dataclass(frozen=True)
 class DiTi:
   """Encoder + gradient estimator on a frozen DiT; `num_subsets = 1` is PDAE."""
@@ -92,11 +104,7 @@ class DiTi:
         depth=branch_depth, num_heads=dm.num_heads, patch_size=dm.patch_size,
         out_channels=image_shape[-1], condition_mode=c.condition_mode, dtype=dtype,
         attention_impl=config.model.attention_impl)
-    encoder_fields = ({'attention_resolution': c.encoder_attention_resolution,
-                       'channels': tuple(c.encoder_channels),
-                       'num_heads': c.encoder_num_heads}
-                      if c.encoder == 'conv' else {})
-    encoder = encoders.make_encoder(c.encoder, c.latent_dim, dtype=dtype, **encoder_fields)
+    encoder = make_encoder(config)
     schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps,
                                        config.diffusion.beta_start, config.diffusion.beta_end)
     return cls(dm=dm, encoder=encoder, branch=branch, schedule=schedule, partition=partition,
@@ -162,7 +170,11 @@ class DiTi:
     return representation.Representation(
         features=lambda params, x0: {stage: self.encode(params, x0)},
         partition=self.partition if self.partition.num_subsets > 1 else None,
-        reconstructs=True)
+        reconstructs=True, architecture=repr(self.encoder))
+
+  def embedding(self, params, x0: jax.Array) -> jax.Array:
+    """The embedding whose health training logs (`jdiffrep.health`): z."""
+    return self.encode(params, x0)
 
   def predict_eps(self, params, frozen, x_t, t, z_masked, shift=None) -> jax.Array:
     """eps_theta(x_t, t) + s_t G(x_t, t, z_masked); all [B, ...], t [B] int.

@@ -30,9 +30,14 @@ class Representation:
   partition: the time-step subsets of z when there is more than one (DiTi): the time-step probe
     and the counterfactuals apply.
   reconstructs: `method.reconstruct(params, frozen, x0, num_steps=...)` decodes z by DDIM.
+  architecture: for an embedding the method learns, a description of the network that computes
+    it (equal strings: the same architecture); the evaluation adds one row of that network at
+    random initialisation (`config.evaluate.random_encoder_baselines`). None: no such row (the
+    DM's features).
   """
   features: FeatureFn
   sweep_family: str | None = None
   sweep_label: str = ''
   partition: timestep_features.TimestepPartition | None = None
   reconstructs: bool = False
+  architecture: str | None = None

@@ -149,7 +149,11 @@ class SDAE:
       return out
 
     return representation.Representation(features=features, sweep_family=stage,
-                                         sweep_label=f'{stage} z_t')
+                                         sweep_label=f'{stage} z_t', architecture=repr(self.model))
+
+  def embedding(self, params, x0: jax.Array) -> jax.Array:
+    """The embedding whose health training logs (`jdiffrep.health`): z_0, fixed noise."""
+    return self.embed(params, x0, 0, jax.random.PRNGKey(0))
 
   def _denoising_loss(self, output, x0, x_t, t, eps) -> jax.Array:
     """'uniform': MSE on the prediction target. 'pdae': eps MSE times PDAE's w_t (as DiTi)."""

@@ -1,0 +1,33 @@
+"""Collapse diagnostics of a learned embedding, the standard ones of the SSL literature.
+
+- Per-dimension standard deviation of the L2-normalised embedding over a batch (SimSiam, Chen &
+  He 2021, Fig. 2): about 1/sqrt(d) when the embeddings spread over the sphere, 0 when they
+  collapse to a point; `std_min` finds single dead dimensions.
+- Effective rank (Roy & Vetterli 2007; RankMe, Garrido et al. 2023): exp of the entropy of the
+  normalised singular values of the centred embedding matrix; from 1 (all embeddings on a line)
+  to min(B, d) (every direction used alike). A dimensional collapse shows here while the std
+  still looks healthy.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def effective_rank(z: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """z [B, d] -> scalar in [1, min(B, d)]: exp(entropy of sigma / sum(sigma)), z centred."""
+  z = z.astype(jnp.float32)
+  singular = jnp.linalg.svd(z - jnp.mean(z, axis=0), compute_uv=False)
+  p = singular / (jnp.sum(singular) + eps)
+  return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.maximum(p, eps)), 0.0)))
+
+
+def embedding_health(z: jax.Array) -> dict[str, jax.Array]:
+  """z [B, d] -> {'std_mean', 'std_min', 'std_reference' (1/sqrt(d)), 'effective_rank'}."""
+  z = z.astype(jnp.float32)
+  normalized = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-8)
+  std = jnp.std(normalized, axis=0)
+  return {'std_mean': jnp.mean(std), 'std_min': jnp.min(std),
+          'std_reference': jnp.asarray(1.0 / z.shape[-1] ** 0.5, jnp.float32),
+          'effective_rank': effective_rank(z)}
