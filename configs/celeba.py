@@ -3,7 +3,10 @@
 Both papers (ddpm, diti, pdae, sdae, evaluate), evaluated as the official DiTi code does:
 the 40-attribute probe of every representation, the time-step probe and counterfactuals read
 by an attribute classifier (`config_lib.paper_scale_pipeline`; README: "Where the evaluation
-follows the official DiTi code").
+follows the official DiTi code"), and the paper's transfer test: every representation regresses
+LFW's 73 attribute scores (`config.evaluate.evals.attribute_regression`, LFW read at the same
+resolution from the same data dir; skipped with the prepare command until
+`python -m jdiffrep.prepare --dataset=lfw --source=DIR` has run).
 
 Needs CelebA prepared once (`python -m jdiffrep.prepare --dataset=celeba --source=DIR`); without
 it the run stops before compiling and prints that command.
@@ -29,4 +32,5 @@ def get_config():
   config.diti.stage_dims = (10, 25, 327, 100, 50)
   config.diti.gradient_mode = 'base'
   config_lib.paper_scale_pipeline(config, num_train_steps=300_000, representation_steps=297_000)
+  config.evaluate.evals.attribute_regression.enabled = True  # the transfer test on LFW
   return config

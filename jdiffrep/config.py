@@ -196,6 +196,13 @@ def base_config() -> ml_collections.ConfigDict:
       'reconstruction': {'type': 'reconstruction', 'enabled': True},
       'timestep_probe': {'type': 'timestep_probe', 'enabled': True, 'stage': 'diti'},
       'counterfactual': {'type': 'counterfactual', 'enabled': True, 'stage': 'diti'},
+      # DiTi's transfer test: regress LFW's 73 attribute scores from every representation (the
+      # official `attribute_regression.py`: linear, MSE, Adam 1e-3, batch 64, 15 epochs). LFW is
+      # read at config.dataset.resolution from config.dataset.data_dir unless `data_dir` is set;
+      # prepare it with `python -m jdiffrep.prepare --dataset=lfw --source=DIR`.
+      'attribute_regression': {'type': 'attribute_regression', 'enabled': False,
+                               'dataset': 'lfw', 'data_dir': None, 'epochs': 15,
+                               'batch_size': 64, 'learning_rate': 1e-3},
   })
 
   config.mesh = ml_collections.ConfigDict()

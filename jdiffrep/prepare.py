@@ -7,6 +7,7 @@ r"""Converts a dataset from its original files into the array_record TFDS format
   python -m jdiffrep.prepare --dataset=folder --source=/data/mine --name=mine \
       [--labels_csv=/data/mine.csv]
   python -m jdiffrep.prepare --dataset=celeba --source=tfds   # TFDS's celeb_a, built in --data_dir
+  python -m jdiffrep.prepare --dataset=lfw --source=/data/lfw [--image_set=deepfunneled]
 
 Runs once per dataset and resolution (default: the one its config trains at). Writes
 `<data_dir>/jdiffrep_<dataset>/<config>/1.0.0/`: images cropped and resized to the resolution,
@@ -14,7 +15,9 @@ labels and splits as in the source; the data dir defaults to $TFDS_DATA_DIR, els
 ~/tensorflow_datasets, and may be a `gs://` path. Unreadable images, images of the wrong size and
 images without labels stop the run (`--on_error=fail`, the default) or are left out and listed
 (`--on_error=skip`); either way the summary names every such file, and
-`<data_dir>/jdiffrep_<dataset>/<config>/prepare_report.json` keeps the full list.
+`<data_dir>/jdiffrep_<dataset>/<config>/prepare_report.json` keeps the full list. Images a
+dataset's own protocol leaves out (LFW's images without an attribute row) are counted and listed
+there too, but never stop the run.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class PrepareResult:
   num_examples: dict[str, int]
   problems: list[sources.Problem]
   seconds: float
+  skipped: list[sources.Problem] = dataclasses.field(default_factory=list)  # by the protocol
 
   def summary(self) -> str:
     lines = [
@@ -57,21 +61,28 @@ class PrepareResult:
         + ', '.join(f'{split} {n}' for split, n in self.num_examples.items())
         + ' images.'
     ]
-    by_reason = collections.defaultdict(list)
-    for problem in self.problems:
-      by_reason[problem.reason].append(problem)
-    for reason, problems in sorted(by_reason.items()):
-      shown = ', '.join(
-          p.name + (f' ({p.detail})' if p.detail else '')
-          for p in problems[:REPORT_NAMES_PER_REASON]
-      )
-      more = (
-          f' and {len(problems) - REPORT_NAMES_PER_REASON} more'
-          if len(problems) > REPORT_NAMES_PER_REASON
-          else ''
-      )
-      lines.append(f'  left out, {reason}: {len(problems)} file(s): {shown}{more}')
+    lines += _lines_by_reason('left out', self.problems)
+    lines += _lines_by_reason("skipped, as the dataset's protocol does", self.skipped)
     return '\n'.join(lines)
+
+
+def _lines_by_reason(what: str, problems: list[sources.Problem]) -> list[str]:
+  """One summary line per reason: the count and the first file names."""
+  by_reason = collections.defaultdict(list)
+  for problem in problems:
+    by_reason[problem.reason].append(problem)
+  lines = []
+  for reason, listed in sorted(by_reason.items()):
+    shown = ', '.join(
+        p.name + (f' ({p.detail})' if p.detail else '') for p in listed[:REPORT_NAMES_PER_REASON]
+    )
+    more = (
+        f' and {len(listed) - REPORT_NAMES_PER_REASON} more'
+        if len(listed) > REPORT_NAMES_PER_REASON
+        else ''
+    )
+    lines.append(f'  {what}, {reason}: {len(listed)} file(s): {shown}{more}')
+  return lines
 
 
 def _dataset_config(dataset: str, resolution: int, name: str | None):
@@ -93,8 +104,10 @@ def read_source(
     data_dir: str | None = None,
     labels_csv: str | None = None,
     test_fraction: float = 0.1,
+    image_set: str | None = None,
 ) -> sources.Source:
-  """Scans `source_dir` with the dataset's reader (folder options only for 'folder').
+  """Scans `source_dir` with the dataset's reader (folder options only for 'folder', the image
+  set only for 'lfw').
 
   `source_dir='tfds'` reads TFDS's own builder of the dataset, already built in `data_dir`.
   """
@@ -102,11 +115,15 @@ def read_source(
     raise ValueError(f'Unknown dataset {dataset!r}; prepare knows {list(PREPARABLE)}.')
   if labels_csv and dataset != 'folder':
     raise ValueError(f'--labels_csv is for --dataset=folder; {dataset} brings its own labels.')
+  if image_set and dataset != 'lfw':
+    raise ValueError(f'--image_set is for --dataset=lfw; {dataset} has one set of images.')
   if source_dir == TFDS_SOURCE:
     return sources.read_tfds(dataset, data_dir or registry.default_data_dir())
   spec = registry.get_spec(dataset)
   if dataset == 'folder':
     return spec.read_source(source_dir, labels_csv, test_fraction=test_fraction)
+  if image_set:
+    return spec.read_source(source_dir, image_set=image_set)
   return spec.read_source(source_dir)
 
 
@@ -123,11 +140,12 @@ def prepare(
     overwrite: bool = False,
     num_workers: int | None = None,
     resize: str | None = None,
+    image_set: str | None = None,
 ) -> PrepareResult:
   """Converts `source_dir` (original format of `dataset`) into a prepared TFDS dataset.
 
   Args:
-    dataset: one of PREPARABLE ('bedroom', 'celeba', 'cifar10', 'ffhq', 'folder').
+    dataset: one of PREPARABLE ('bedroom', 'celeba', 'cifar10', 'ffhq', 'folder', 'lfw').
     source_dir: the original files (see `jdiffrep.data.sources` for each layout), or 'tfds'
       for TFDS's own `celeb_a` / `cifar10` / `lsun/bedroom` already built in `data_dir`.
     data_dir: TFDS data dir to write into; None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
@@ -140,7 +158,9 @@ def prepare(
     num_workers: threads decoding, resizing and encoding images; None: one per CPU core.
       The records are written in source order whatever the number.
     resize: the PIL filter, 'bilinear' or 'bicubic'; None: the dataset's (`DatasetSpec.resize`:
-      bilinear, as the official code, for CelebA, FFHQ and Bedroom).
+      bilinear, as the official code, for CelebA, FFHQ, Bedroom and LFW).
+    image_set: for 'lfw', 'funneled' (None: the default, as the official DiTi script) or
+      'deepfunneled': which folder of images is read.
 
   Returns:
     A PrepareResult; its `summary()` is also logged.
@@ -156,11 +176,16 @@ def prepare(
   if (dataset_dir / 'dataset_info.json').exists() and not overwrite:
     logging.info('%s is already prepared in %s (--overwrite rebuilds it).', tfds_name, dataset_dir)
     info = tfds.builder_from_directory(dataset_dir).info
+    stored_set = (info.metadata or {}).get('image_set')
+    if image_set and stored_set and image_set != stored_set:
+      raise ValueError(f'{dataset_dir} was prepared from the {stored_set} images, not '
+                       f'--image_set={image_set}; pass --overwrite to rebuild it.')
     num_examples = {split: info.splits[split].num_examples for split in info.splits}
     return PrepareResult(str(dataset_dir), tfds_name, num_examples, [], time.perf_counter() - start)
   logging.info('Scanning %s for %s ...', source_dir, dataset)
   source = read_source(
-      dataset, source_dir, data_dir=data_dir, labels_csv=labels_csv, test_fraction=test_fraction
+      dataset, source_dir, data_dir=data_dir, labels_csv=labels_csv, test_fraction=test_fraction,
+      image_set=image_set,
   )
   return write_source(
       dataset,
@@ -219,6 +244,8 @@ def write_source(
   resize = resize or spec.resize
   if spec.crop is not None:  # the dataset's own crop (CelebA's), whoever scanned the source
     source = dataclasses.replace(source, crop=spec.crop)
+  if spec.center_crop_margin is not None:  # or its resize-then-centre-crop (LFW's)
+    source = dataclasses.replace(source, center_crop_margin=spec.center_crop_margin)
   eval_split = spec.eval_split
   if not source.splits.get(eval_split):
     raise sources.SourceError(
@@ -261,15 +288,20 @@ def write_source(
       dict(builder.written),
       source.problems + builder.problems,
       time.perf_counter() - start,
+      skipped=list(source.skipped),
   )
   report = {
       'tfds_name': tfds_name,
       'source': source_description,
       'resolution': resolution,
       'resize': resize,
+      'crop': prepared_builder.crop_description(source),
+      **source.options,
       'num_examples': result.num_examples,
       'seconds': round(result.seconds, 2),
       'left_out': [dataclasses.asdict(p) for p in result.problems],
+      'num_skipped': len(result.skipped),
+      'skipped': [dataclasses.asdict(p) for p in result.skipped],
   }
   (dataset_dir.parent / 'prepare_report.json').write_text(json.dumps(report, indent=2))
   logging.info('%s', result.summary())
@@ -294,7 +326,7 @@ _RESOLUTION = flags.DEFINE_integer(
     'resolution',
     None,
     "Side of the stored images; default the dataset's training resolution "
-    '(celeba/folder 64, ffhq/bedroom 128, cifar10 32).',
+    '(celeba/folder/lfw 64, ffhq/bedroom 128, cifar10 32).',
 )
 _ON_ERROR = flags.DEFINE_enum(
     'on_error',
@@ -326,7 +358,11 @@ _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Rebuild even if already prep
 _RESIZE = flags.DEFINE_enum(
     'resize', None, list(registry.RESIZE_FILTERS),
     'PIL filter to resize with; default the dataset\'s (bilinear, as the official DiTi code, for '
-    'celeba, ffhq and bedroom; bicubic otherwise).')
+    'celeba, ffhq, bedroom and lfw; bicubic otherwise).')
+_IMAGE_SET = flags.DEFINE_enum(
+    'image_set', None, list(sources.LFW_IMAGE_DIRS),
+    f'lfw only: which images to read, funneled (lfw_funneled/) or deepfunneled '
+    f'(lfw-deepfunneled/); default {sources.LFW_DEFAULT_IMAGE_SET}, as the official DiTi script.')
 
 
 def main(argv: Sequence[str]) -> None:
@@ -345,6 +381,7 @@ def main(argv: Sequence[str]) -> None:
         overwrite=_OVERWRITE.value,
         num_workers=_NUM_WORKERS.value,
         resize=_RESIZE.value,
+        image_set=_IMAGE_SET.value,
     )
   except (sources.SourceError, prepared_builder.PrepareError) as error:
     sys.exit(f'jdiffrep.prepare: {error}')  # the message says what to fix; no traceback

@@ -45,3 +45,17 @@ def small_config(data_dir: str):
 @pytest.fixture
 def tiny_config(shapes_data_dir):
   return small_config(shapes_data_dir)
+
+
+def run_evaluators(config, tmp_path, stages):
+  """The evaluate stage's evaluators on loaded `stages`, writing into <tmp_path>/evaluate."""
+  from jdiffrep import paths  # pylint: disable=g-import-not-at-top
+  from jdiffrep.evaluate import pipeline_eval  # pylint: disable=g-import-not-at-top
+  from jdiffrep.evaluate.evaluators import base  # pylint: disable=g-import-not-at-top
+  out_dir = paths.absolute(str(tmp_path / 'evaluate'))
+  out_dir.mkdir(parents=True, exist_ok=True)
+  context = base.Context(config, out_dir, str(tmp_path), stages)
+  try:
+    return pipeline_eval.run_evaluators(context)
+  finally:
+    context.close()

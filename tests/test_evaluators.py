@@ -13,6 +13,7 @@ from jdiffrep.evaluate import evaluators
 from jdiffrep.evaluate import pipeline_eval
 from jdiffrep.evaluate.evaluators import base
 from jdiffrep.methods import representation
+from tests.conftest import run_evaluators
 
 
 def _projection_stage(name='toy', *, step=3, sweep=False, seed=0):
@@ -39,20 +40,10 @@ def eval_config(tiny_config, tmp_path):
   return tiny_config
 
 
-def _run(config, tmp_path, stages):
-  out_dir = paths.absolute(str(tmp_path / 'evaluate'))
-  out_dir.mkdir(parents=True, exist_ok=True)
-  context = base.Context(config, out_dir, str(tmp_path), stages)
-  try:
-    return pipeline_eval.run_evaluators(context)
-  finally:
-    context.close()
-
-
 def test_evaluators_run_what_applies_skip_the_rest_with_reasons_and_reuse_results(
     eval_config, tmp_path):
   stages = {'toy': _projection_stage(), 'walk': _projection_stage('walk', sweep=True, seed=1)}
-  results = _run(eval_config, tmp_path, stages)
+  results = run_evaluators(eval_config, tmp_path, stages)
   status = results['evaluators']
   assert [k for k, v in status.items() if v.startswith('ran')] == [
       'attribute_probe', 'categorical_probe', 'accuracy_vs_t']  # the plot after the probes
@@ -71,7 +62,7 @@ def test_evaluators_run_what_applies_skip_the_rest_with_reasons_and_reuse_result
   assert stored['categorical_probe'] == results['categorical_probe']
 
   # The same settings and checkpoints: every finished evaluator is reused, results identical.
-  again = _run(eval_config, tmp_path, stages)
+  again = run_evaluators(eval_config, tmp_path, stages)
   assert {k: v for k, v in again['evaluators'].items() if not v.startswith('skipped')} == {
       'attribute_probe': 'reused', 'categorical_probe': 'reused', 'accuracy_vs_t': 'reused'}
   assert again['attribute_probe'] == results['attribute_probe']
@@ -80,7 +71,7 @@ def test_evaluators_run_what_applies_skip_the_rest_with_reasons_and_reuse_result
   # disabling an entry leaves the others reusable.
   eval_config.evaluate.evals.accuracy_vs_t.enabled = False
   stages['toy'] = _projection_stage(step=4)
-  rerun = _run(eval_config, tmp_path, stages)
+  rerun = run_evaluators(eval_config, tmp_path, stages)
   assert rerun['evaluators']['attribute_probe'].startswith('ran')
   assert 'accuracy_vs_t' not in rerun['evaluators']
   assert rerun['attribute_probe'] == results['attribute_probe']  # same weights: same numbers
@@ -89,7 +80,7 @@ def test_evaluators_run_what_applies_skip_the_rest_with_reasons_and_reuse_result
 def test_a_stage_cannot_shadow_another_feature_set(eval_config, tmp_path):
   stages = {'a': _projection_stage('pixels')}
   with pytest.raises(ValueError, match="declares the feature set 'pixels'"):
-    _run(eval_config, tmp_path, stages)
+    run_evaluators(eval_config, tmp_path, stages)
 
 
 @pytest.mark.parametrize('field, value, message', [

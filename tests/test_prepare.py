@@ -622,7 +622,7 @@ def test_tfds_data_dir_environment_variable_is_the_default(cifar, monkeypatch):
 
 def test_every_dataset_is_one_spec_in_the_registry():
   """Reader, builder, crop, filter and TFDS equivalent all come from `registry.DATASETS`."""
-  assert prepare.PREPARABLE == ('bedroom', 'celeba', 'cifar10', 'ffhq', 'folder')
+  assert prepare.PREPARABLE == ('bedroom', 'celeba', 'cifar10', 'ffhq', 'folder', 'lfw')
   celeba = registry.get_spec('celeba')
   builder = prepared_builder.builder_for(celeba)
   assert builder.name == 'jdiffrep_celeba' and builder is prepared_builder.builder_for(celeba)

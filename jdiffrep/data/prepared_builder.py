@@ -6,6 +6,7 @@ resolution (PNG, lossless), with the feature keys the `shapes` builder uses:
   image       [R, R, 3] uint8
   attributes  [A] bool                  when the source has binary attributes (CelebA, CSV)
   labels      {'label': ClassLabel}     when the source has class labels (CIFAR-10, CSV)
+  regression_targets  [T] float32       when the source has real-valued targets (LFW's 73)
 
 so the grain pipeline and the evaluation read every dataset alike. Records are written in source
 order (`disable_shuffling`), so record i of a split is the i-th source image that was kept.
@@ -50,12 +51,46 @@ def crop_box(height: int, width: int, crop) -> tuple[int, int, int, int]:
   return (height - side) // 2, (width - side) // 2, side, side
 
 
-def to_training_image(image: np.ndarray, crop, resolution: int,
-                      resize: str = 'bicubic') -> np.ndarray:
+def resize_shorter_side(image: np.ndarray, side: int, resize: str) -> np.ndarray:
+  """[H, W, C] -> the shorter side `side`, the longer one int(side * longer / shorter): what
+  torchvision's `Resize(side)` does to a PIL image."""
+  height, width = image.shape[:2]
+  if width <= height:
+    return registry.resize_to(image, int(side * height / width), side, resize)
+  return registry.resize_to(image, side, int(side * width / height), resize)
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """[H, W, C] -> the centred [size, size, C], offsets rounded as torchvision's `CenterCrop`
+  (int(round((H - size) / 2)): 1.5 rounds to 2, 0.5 to 0)."""
+  height, width = image.shape[:2]
+  if height < size or width < size:
+    raise ValueError(f'Cannot cut a centred {size}x{size} from a {height}x{width} image.')
+  top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+  return image[top : top + size, left : left + size]
+
+
+def to_training_image(image: np.ndarray, crop, resolution: int, resize: str = 'bicubic',
+                      center_crop_margin: float | None = None) -> np.ndarray:
   """[H, W, 3] uint8 -> [resolution, resolution, 3] uint8: crop (or centre square), then resize
-  with PIL's `resize` filter ('bilinear' or 'bicubic'; both low-pass when shrinking)."""
+  with PIL's `resize` filter ('bilinear' or 'bicubic'; both low-pass when shrinking).
+
+  With `center_crop_margin` m instead: resize the shorter side to int(resolution * m), then cut
+  the centred square (torchvision's `Resize(int(size * m))`, `CenterCrop(size)`).
+  """
+  if center_crop_margin is not None:
+    resized = resize_shorter_side(image, int(resolution * center_crop_margin), resize)
+    return center_crop(resized, resolution)
   top, left, height, width = crop_box(image.shape[0], image.shape[1], crop)
   return registry.resize_image(image[top : top + height, left : left + width], resolution, resize)
+
+
+def crop_description(source: sources.Source):
+  """How the source's images are cut, for the prepared dataset's metadata."""
+  if source.center_crop_margin is not None:
+    return (f'shorter side resized to int(resolution * {source.center_crop_margin}), then the '
+            'centred square')
+  return list(source.crop) if source.crop else 'centre square'
 
 
 def size_problem(name: str, image: np.ndarray, source: sources.Source) -> sources.Problem | None:
@@ -88,7 +123,7 @@ def convert(raw: sources.RawExample, source: sources.Source, resolution: int,
   problem = size_problem(raw.name, image, source)
   if problem is not None:
     return None, problem
-  image = to_training_image(image, source.crop, resolution, resize)
+  image = to_training_image(image, source.crop, resolution, resize, source.center_crop_margin)
   if image.shape != (resolution, resolution, 3) or image.dtype != np.uint8:
     raise AssertionError(
         f'{raw.name}: converted to {image.shape} {image.dtype}, expected '
@@ -99,6 +134,8 @@ def convert(raw: sources.RawExample, source: sources.Source, resolution: int,
     example['attributes'] = np.asarray(raw.attributes, dtype=bool)
   if source.label_names:
     example['labels'] = {'label': int(raw.label)}
+  if source.regression_target_names:
+    example['regression_targets'] = np.asarray(raw.regression_targets, dtype=np.float32)
   return example, None
 
 
@@ -179,10 +216,16 @@ class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       features['labels'] = tfds.features.FeaturesDict(
           {'label': tfds.features.ClassLabel(names=list(self._source.label_names))}
       )
+    if self._source.regression_target_names:
+      features['regression_targets'] = tfds.features.Tensor(
+          shape=(len(self._source.regression_target_names),), dtype=np.float32
+      )
     metadata = tfds.core.MetadataDict(
         attribute_names=list(self._source.attribute_names or ()),
-        crop=list(self._source.crop) if self._source.crop else 'centre square',
+        regression_target_names=list(self._source.regression_target_names or ()),
+        crop=crop_description(self._source),
         resize=self._resize,
+        **self._source.options,
     )
     return tfds.core.DatasetInfo(
         builder=self,

@@ -2,7 +2,8 @@
 
 `DATASETS` is the one table of what jdiffrep knows about a dataset: the reader of its original
 files and TFDS's own builder of it (for `jdiffrep.prepare`), the prepared builder's name, the
-default resolution, the crop and resize filter, the binary attribute names and the splits.
+default resolution, the crop and resize filter, the binary attribute names, the number of
+real-valued regression targets and the splits.
 
 Every dataset is read the same way: a prepared TFDS dataset (array_record files) opened as a
 random-access data source. The built-in `shapes` dataset is generated on first use; the real
@@ -45,6 +46,9 @@ class DatasetSpec:
     attribute_names: names of the binary attributes, if the examples carry them.
     crop: the (top, left, height, width) box `jdiffrep.prepare` cuts from every original image
       before resizing; None: the centred square.
+    center_crop_margin: when set (instead of `crop`), `jdiffrep.prepare` resizes every image's
+      shorter side to int(resolution * margin) and then cuts the centred resolution square:
+      torchvision's `Resize(int(size * margin))`, `CenterCrop(size)` (LFW's official 1.1).
     resize: the PIL filter `jdiffrep.prepare` (and the input pipeline, when asked for another
       resolution than the stored one) resizes with; 'bilinear' is torchvision's `Resize`, what the
       official DiTi code uses.
@@ -56,6 +60,11 @@ class DatasetSpec:
       files: (source_dir, *options) -> sources.Source.
     tfds_equivalent: (TFDS's own builder, its splits), read by `--source=tfds` when built.
     default_resolution: the resolution `jdiffrep.prepare` writes unless told otherwise.
+    num_regression_targets: length of the float32 `regression_targets` vector every example
+      carries (LFW's 73 attribute scores); 0: none. Their names are not kept here but in the
+      prepared dataset's metadata (`regression_target_names`, read by `prepared_metadata`): they
+      are read from the original file's header when preparing, so there is one copy, the file's,
+      and whatever reads the targets opens the prepared dataset anyway.
   """
   name: str
   tfds_name: str
@@ -71,6 +80,14 @@ class DatasetSpec:
   reader: str | None = None
   tfds_equivalent: tuple[str, tuple[str, ...]] | None = None
   default_resolution: int = 64
+  center_crop_margin: float | None = None
+  num_regression_targets: int = 0
+
+  def __post_init__(self):
+    if self.center_crop_margin is not None and (self.crop is not None
+                                                or self.center_crop_margin < 1.0):
+      raise ValueError(f'Dataset {self.name!r}: center_crop_margin={self.center_crop_margin} '
+                       'must be >= 1 and comes instead of a crop box.')
 
   @property
   def builder_name(self) -> str:
@@ -106,6 +123,11 @@ def _celeba_attribute_names() -> tuple[str, ...]:
   return sources.CELEBA_ATTRIBUTE_NAMES
 
 
+def _lfw_num_attributes() -> int:
+  from jdiffrep.data import sources  # pylint: disable=g-import-not-at-top
+  return sources.LFW_NUM_ATTRIBUTES
+
+
 # The crop of the DiTi / PDAE / DiffAE CelebA 64x64 (the official `CropCelebA64`): 128x128 from
 # the 218x178 aligned images, at row 57, column 25.
 CELEBA_CROP = (57, 25, 128, 128)
@@ -137,6 +159,14 @@ DATASETS: dict[str, DatasetSpec] = {
         default_resolution=32, reader='read_cifar10',
         tfds_equivalent=('cifar10', ('train', 'test')),
         prepare_hint=_prepare_hint('cifar10', 'DIR_WITH_cifar-10-batches-py')),
+    # DiTi's transfer test: regress LFW's 73 attribute scores from a CelebA-trained representation.
+    # No validation split (nothing is selected on one); the official resize-then-centre-crop.
+    'lfw': DatasetSpec(
+        name='lfw', tfds_name='jdiffrep_lfw/{resolution}', eval_split='test',
+        center_crop_margin=1.1, resize='bilinear', reader='read_lfw',
+        num_regression_targets=_lfw_num_attributes(),
+        prepare_hint=_prepare_hint('lfw', 'DIR_WITH_lfw_funneled_AND_lfw_attributes.txt',
+                                   ' [--image_set=deepfunneled]')),
     # Any image folder; config.dataset.tfds_config names the prepared folder (--name=...).
     'folder': DatasetSpec(
         name='folder', tfds_name='jdiffrep_folder/{tfds_config}_{resolution}', eval_split='test',
@@ -202,6 +232,16 @@ def ensure_prepared(dataset_config) -> str:
   return data_dir
 
 
+def prepared_metadata(dataset_config) -> dict:
+  """The metadata `jdiffrep.prepare` stored with a prepared dataset: attribute and regression
+  target names, crop, resize filter and the reader's options (e.g. LFW's `image_set`)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  data_dir = ensure_prepared(dataset_config)
+  builder = tfds.builder_from_directory(prepared_dir(data_dir, tfds_name(dataset_config)))
+  return dict(builder.info.metadata or {})
+
+
 def open_source(dataset_config, split: str):
   """Opens `split` (a TFDS split string, slices allowed) as a random-access data source."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -218,10 +258,16 @@ def open_source(dataset_config, split: str):
 def resize_image(image: np.ndarray, resolution: int, resize: str = 'bicubic') -> np.ndarray:
   """[H, W, C] uint8 -> [resolution, resolution, C] uint8 with PIL's `resize` filter (which
   low-passes when shrinking: no aliasing); unchanged when already that size."""
+  return resize_to(image, resolution, resolution, resize)
+
+
+def resize_to(image: np.ndarray, height: int, width: int, resize: str = 'bicubic') -> np.ndarray:
+  """[H, W, C] uint8 -> [height, width, C] uint8 with PIL's `resize` filter; unchanged when
+  already that size."""
   if resize not in RESIZE_FILTERS:
     raise ValueError(f'resize={resize!r}; valid filters are {RESIZE_FILTERS}.')
-  if image.shape[0] != resolution or image.shape[1] != resolution:
+  if image.shape[:2] != (height, width):
     from PIL import Image  # pylint: disable=g-import-not-at-top
     method = {'bilinear': Image.Resampling.BILINEAR, 'bicubic': Image.Resampling.BICUBIC}[resize]
-    image = np.asarray(Image.fromarray(image).resize((resolution, resolution), method))
+    image = np.asarray(Image.fromarray(image).resize((width, height), method))
   return image

@@ -15,6 +15,9 @@ Formats:
     encoded images (WebP in the original export).
   * Image folders (FFHQ's PNGs, or anyone's images): recursive, with an optional CSV of labels
     (`filename,label`) or binary attributes (`filename,attr1,attr2,...`).
+  * LFW (DiTi's attribute-regression transfer test): `lfw_funneled/<Person>/<Person>_<NNNN>.jpg`
+    (or `lfw-deepfunneled/`), `lfw_attributes.txt` (73 real-valued attributes per image) and the
+    official splits `peopleDevTrain.txt` / `peopleDevTest.txt`; also inside torchvision's `lfw-py/`.
 
 Paths go through `etils.epath`, so sources on `gs://` work like local ones.
 """
@@ -119,6 +122,7 @@ class RawExample:
   read_image: Callable[[], np.ndarray]  # () -> [H, W, 3] uint8; raises if unreadable
   attributes: np.ndarray | None = None  # [A] bool
   label: int | None = None
+  regression_targets: np.ndarray | None = None  # [T] float32 (LFW's 73 attribute scores)
 
 
 @dataclasses.dataclass
@@ -132,7 +136,14 @@ class Source:
     image_size: (height, width) every image must have; None accepts any size.
     square_only: every image must be square (checked when `image_size` is None).
     crop: (top, left, height, width) cut before resizing; None: the centred square.
-    problems: images left out while scanning.
+    center_crop_margin: when set (then `crop` is None), resize the shorter side to
+      int(resolution * margin) and cut the centred square instead (`DatasetSpec`).
+    regression_target_names: names of the real-valued targets of every example, if any.
+    problems: images left out while scanning that the user should know of (a missing file, a
+      malformed row): they stop the prepare step unless `--on_error=skip`.
+    skipped: images the dataset's own protocol leaves out (LFW's images without an attribute
+      row, as the official reader does): counted and listed in the report, never a failure.
+    options: the reader's choices (e.g. LFW's `image_set`), recorded in the report and metadata.
   """
 
   splits: dict[str, list[RawExample]]
@@ -141,7 +152,11 @@ class Source:
   image_size: tuple[int, int] | None = None
   square_only: bool = False
   crop: tuple[int, int, int, int] | None = None
+  center_crop_margin: float | None = None
+  regression_target_names: tuple[str, ...] | None = None
   problems: list[Problem] = dataclasses.field(default_factory=list)
+  skipped: list[Problem] = dataclasses.field(default_factory=list)
+  options: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -474,6 +489,133 @@ def read_image_folder(
 def read_ffhq(source_dir: str) -> Source:
   """FFHQ's square PNGs (1024 px originals or 128 px thumbnails), all in the train split."""
   return read_image_folder(source_dir, test_fraction=0.0, square_only=True)
+
+
+# ------------------------------------------------------------------------------------- LFW
+
+LFW_IMAGE_SIZE = (250, 250)  # (height, width) of every LFW image, in every image set
+LFW_NUM_ATTRIBUTES = 73  # columns of lfw_attributes.txt (Kumar et al.'s attribute classifiers)
+# torchvision's LFW image sets -> the folder each archive extracts to.
+LFW_IMAGE_DIRS = {'funneled': 'lfw_funneled', 'deepfunneled': 'lfw-deepfunneled'}
+# The official DiTi script reads `LFWPeople(image_set='funneled')` ("already loose crop").
+LFW_DEFAULT_IMAGE_SET = 'funneled'
+LFW_SPLIT_FILES = {'train': 'peopleDevTrain.txt', 'test': 'peopleDevTest.txt'}
+LFW_TORCHVISION_DIR = 'lfw-py'  # torchvision's LFW datasets keep everything under <root>/lfw-py
+
+
+def lfw_key(person: str, number: int) -> str:
+  """The attribute-file key of image `number` of `person` ('Aaron_Eckhart' -> 'Aaron Eckhart-1'):
+  the official reader joins them with '-' and turns every underscore into a space."""
+  return f'{person.replace("_", " ")}-{number}'
+
+
+def parse_lfw_attributes(
+    text: str, name: str = 'lfw_attributes.txt'
+) -> tuple[tuple[str, ...], dict[str, np.ndarray], list[Problem]]:
+  """`lfw_attributes.txt` -> (73 attribute names, {lfw_key: [73] float32}, malformed rows).
+
+  Line 0 is a comment; line 1 the tab-separated header `#, person, imagenum, <73 names>`; then
+  one row per image: `Aaron Eckhart<TAB>1<TAB><73 floats>` (the person's name with spaces).
+  Parsed as the official `LFWAttribute.load_attributes`: fields split on tabs, names from the
+  header's fourth column on.
+  """
+  lines = text.splitlines()
+  if len(lines) < 2:
+    raise SourceError(f'{name} must start with a comment line and the tab-separated header; '
+                      'it has fewer than two lines.')
+  names = tuple(lines[1].strip().split('\t')[3:])
+  if len(names) != LFW_NUM_ATTRIBUTES:
+    raise SourceError(f'{name}: the header (line 2) names {len(names)} attributes after '
+                      f'"#, person, imagenum", not LFW\'s {LFW_NUM_ATTRIBUTES}; is it the '
+                      'tab-separated lfw_attributes.txt?')
+  rows, problems = {}, []
+  for line in lines[2:]:
+    fields = line.strip().split('\t')
+    if not fields[0]:
+      continue
+    key = '-'.join(fields[:2])  # the official key: person (with spaces), '-', imagenum
+    try:
+      values = np.array([float(v) for v in fields[2:]], np.float32)
+    except ValueError:
+      values = None
+    if values is None or values.shape != (len(names),):
+      problems.append(Problem(key, 'malformed attribute row',
+                              f'expected person, imagenum and {len(names)} numbers'))
+      continue
+    rows[key] = values
+  return names, rows, problems
+
+
+def parse_lfw_people(text: str, name: str) -> list[tuple[str, int]]:
+  """`peopleDevTrain.txt` / `peopleDevTest.txt` -> [(person, number of images)].
+
+  The first line is the number of people, then one `Person_Name<TAB>count` line each.
+  """
+  lines = [line.strip() for line in text.splitlines()]
+  try:
+    count = int(lines[0])
+    people = [line.split('\t') for line in lines[1:count + 1]]
+    people = [(person, int(images)) for person, images in people]
+  except (IndexError, ValueError):
+    raise SourceError(f'{name} must hold the number of people, then one "Person_Name<TAB>count" '
+                      f'line per person; cannot read it as such.') from None
+  if len(people) != count:
+    raise SourceError(f'{name} announces {count} people but lists {len(people)}.')
+  return people
+
+
+def _lfw_image_dir(root: epath.Path, image_set: str) -> epath.Path:
+  """The folder of `image_set`'s images, or a SourceError naming both folders and the fix."""
+  if image_set not in LFW_IMAGE_DIRS:
+    raise SourceError(f'image_set={image_set!r}; valid LFW image sets are '
+                      f'{sorted(LFW_IMAGE_DIRS)}.')
+  image_dir = root / LFW_IMAGE_DIRS[image_set]
+  if image_dir.is_dir():
+    return image_dir
+  present = [f'{folder}/ (--image_set={name})' for name, folder in LFW_IMAGE_DIRS.items()
+             if (root / folder).is_dir()]
+  raise SourceError(
+      f'{root} has no {LFW_IMAGE_DIRS[image_set]}/, the images of --image_set={image_set} (LFW '
+      f'keeps the funneled images in {LFW_IMAGE_DIRS["funneled"]}/ and the deep-funneled ones '
+      f'in {LFW_IMAGE_DIRS["deepfunneled"]}/). '
+      + (f'It has {", ".join(present)}: pass that --image_set, or extract ' if present
+         else 'Extract ')
+      + f'the {image_set} archive into {root}.')
+
+
+def read_lfw(source_dir: str, image_set: str = LFW_DEFAULT_IMAGE_SET) -> Source:
+  """LFW's images of `image_set` with their 73 attribute scores, in the official Dev splits.
+
+  As the official `LFWAttribute` (torchvision's `LFWPeople` with split 'train' / 'test'): every
+  image 1..count of each person of the split file is in the split when lfw_attributes.txt has
+  its row; the images without one are `skipped` (the official reader leaves them out too).
+  `source_dir` holds the files, or torchvision's `lfw-py/` does.
+  """
+  root = epath.Path(source_dir)
+  if (root / LFW_TORCHVISION_DIR).is_dir():
+    root = root / LFW_TORCHVISION_DIR
+  image_dir = _lfw_image_dir(root, image_set)
+  attr_path = _require(root, 'attribute file', 'lfw_attributes.txt')
+  names, attributes, problems = parse_lfw_attributes(attr_path.read_text(), str(attr_path))
+  on_disk = set(list_images(image_dir))
+  splits, skipped = {}, []
+  for split, filename in LFW_SPLIT_FILES.items():
+    split_path = _require(root, f'{split} split file', filename)
+    examples = []
+    for person, count in parse_lfw_people(split_path.read_text(), str(split_path)):
+      for number in range(1, count + 1):
+        relative = f'{person}/{person}_{number:04d}.jpg'
+        key = lfw_key(person, number)
+        if key not in attributes:
+          skipped.append(Problem(relative, 'no row in lfw_attributes.txt', repr(key)))
+        elif relative not in on_disk:
+          problems.append(Problem(relative, 'image file missing', f'not in {image_dir}'))
+        else:
+          examples.append(RawExample(relative, _file_reader(image_dir / relative),
+                                     regression_targets=attributes[key]))
+    splits[split] = examples
+  return Source(splits=splits, regression_target_names=names, image_size=LFW_IMAGE_SIZE,
+                problems=problems, skipped=skipped, options={'image_set': image_set})
 
 
 # ------------------------------------------------------------------------------------- TFDS

@@ -38,8 +38,8 @@ def extract(feature_fn: Callable[[jax.Array], dict], dataset_config, splits: Map
       'train_mirrored' key naming the train split again: the views a flipping probe trains on).
 
   Batches are padded to `batch_size`, so `feature_fn` compiles once. Returns {key: {'features':
-  {name: [N, D] array or FeatureFile}, 'labels': {name: [N]}, and 'attributes': [N, A] when the
-  dataset has them}}. All splits are extracted before any is assembled, so the store's budget
+  {name: [N, D] array or FeatureFile}, 'labels': {name: [N]}, 'attributes': [N, A] bool and
+  'regression_targets': [N, T] float32 when the dataset has them}}. All splits are extracted before any is assembled, so the store's budget
   bounds the three together.
   """
   limits = limits or {}
@@ -59,7 +59,7 @@ def _extract_split(feature_fn, dataset_config, key: str, split: str,
                    store: feature_store.FeatureStore, *, batch_size: int, limit: int | None,
                    mirror: bool, log_every_seconds: float) -> dict:
   """One split's features into `store` under (key, name); returns its labels and the names."""
-  names, attributes, labels = [], [], {}
+  names, attributes, targets, labels = [], [], [], {}
   start = last_log = time.monotonic()
   done = 0
   for batch in pipeline.iterate_split(dataset_config, split, batch_size, limit):
@@ -79,6 +79,8 @@ def _extract_split(feature_fn, dataset_config, key: str, split: str,
       store.append((key, name), np.asarray(value, np.float32)[:count])
     if 'attributes' in batch:
       attributes.append(attribute_matrix(batch['attributes']))
+    if 'regression_targets' in batch:
+      targets.append(np.asarray(batch['regression_targets'], np.float32))
     for label, value in batch.get('labels', {}).items():
       labels.setdefault(label, []).append(np.asarray(value))
   logging.info('Features of %s: %d images in %.1f s.', split, done, time.monotonic() - start)
@@ -86,4 +88,6 @@ def _extract_split(feature_fn, dataset_config, key: str, split: str,
             'labels': {k: np.concatenate(v) for k, v in labels.items()}}
   if attributes:
     result['attributes'] = np.concatenate(attributes)
+  if targets:
+    result['regression_targets'] = np.concatenate(targets)
   return result

@@ -1,4 +1,5 @@
-"""Scores of probe outputs: average precision, per attribute and its mean (attribute probes)."""
+"""Scores of probe outputs: average precision, per attribute and its mean (attribute probes);
+Pearson r and squared error per target (attribute regression)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,44 @@ def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> tuple[floa
                      f'{labels.shape}')
   per_attribute = np.array([average_precision(scores[:, a], labels[:, a])
                             for a in range(scores.shape[1])])
-  has_positives = ~np.isnan(per_attribute)
-  mean_ap = float(per_attribute[has_positives].mean()) if has_positives.any() else float('nan')
-  return mean_ap, per_attribute
+  return mean_over_defined(per_attribute), per_attribute
+
+
+def mean_over_defined(values: np.ndarray) -> float:
+  """Mean of the non-NaN entries of `values` [K] (a per-column score that is undefined for some
+  columns), NaN when there is none."""
+  values = np.asarray(values, np.float64)
+  defined = ~np.isnan(values)
+  return float(values[defined].mean()) if defined.any() else float('nan')
+
+
+def _check_regression_shapes(predictions: np.ndarray, targets: np.ndarray):
+  predictions, targets = np.asarray(predictions, np.float64), np.asarray(targets, np.float64)
+  if predictions.ndim != 2 or predictions.shape != targets.shape:
+    raise ValueError(f'predictions and targets must both be [N, T], got shapes '
+                     f'{predictions.shape} and {targets.shape}')
+  checks.check_finite('predictions', predictions)
+  checks.check_finite('targets', targets)
+  return predictions, targets
+
+
+def pearson_r(predictions: np.ndarray, targets: np.ndarray) -> np.ndarray:
+  """Pearson correlation of each column of `predictions` [N, T] with the same column of
+  `targets` [N, T] -> [T] in [-1, 1], in float64 (scipy's `pearsonr(...).statistic` per column,
+  as the official `eval_regression`); NaN where either column is constant, as scipy's."""
+  predictions, targets = _check_regression_shapes(predictions, targets)
+  if predictions.shape[0] < 2:
+    raise ValueError(f'Pearson r needs at least 2 rows, got {predictions.shape[0]}')
+  centred_p = predictions - predictions.mean(axis=0)
+  centred_t = targets - targets.mean(axis=0)
+  norms = np.sqrt((centred_p ** 2).sum(axis=0) * (centred_t ** 2).sum(axis=0))
+  covariance = (centred_p * centred_t).sum(axis=0)
+  r = np.divide(covariance, norms, out=np.full(norms.shape, np.nan), where=norms > 0)
+  return np.clip(r, -1.0, 1.0)
+
+
+def mean_squared_error(predictions: np.ndarray, targets: np.ndarray) -> np.ndarray:
+  """Mean over the rows of (prediction - target)^2: [N, T] twice -> [T], in float64."""
+  predictions, targets = _check_regression_shapes(predictions, targets)
+  return ((predictions - targets) ** 2).mean(axis=0)
 

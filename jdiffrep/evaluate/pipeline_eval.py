@@ -5,8 +5,8 @@ Loads the EMA parameters of each training stage of `config.pipeline` whose metho
 representation (DiTi's and PDAE's z, sdae's z_t and the DM's features along t), and runs the
 listed evaluators in order (`evaluate/evaluators/`): linear attribute and categorical probes and
 kNN of every feature set next to raw pixels (a sweep's best t chosen on validation, never test),
-plots along t, DDIM reconstructions, and for a z with time-step subsets the time-step probe and
-counterfactuals. Each evaluator's result is kept in `<workdir>/evaluate/evaluators/<name>.json`
+plots along t, DDIM reconstructions, for a z with time-step subsets the time-step probe and
+counterfactuals, and attribute regression on a transfer dataset (LFW). Each evaluator's result is kept in `<workdir>/evaluate/evaluators/<name>.json`
 with a fingerprint of what it depends on, so a re-run (after a crash, or with an evaluator added)
 reuses the finished ones. Writes `<workdir>/evaluate/results.json`, the PNGs next to it, and the
 headline numbers as TensorBoard scalars in `<workdir>/evaluate`, each evaluator's as it finishes.
@@ -144,7 +144,7 @@ def run_evaluators(context: base.Context) -> dict:
       status[name] = f'skipped: {reason}'
       continue
     cache_path = out_dir / CACHE_DIR / f'{name}.json'
-    fingerprint = context.fingerprint(entry)
+    fingerprint = context.fingerprint(entry, evaluator.fingerprint_inputs(context, entry))
     result = _cached_result(cache_path, fingerprint)
     if result is not None:
       logging.info('Evaluator %d/%d %s: reusing %s (same settings and checkpoints).', index,

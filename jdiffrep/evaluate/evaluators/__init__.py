@@ -6,6 +6,7 @@ A new evaluator is a `base.Evaluator` subclass added here; an entry
 
 from jdiffrep.evaluate.evaluators import accuracy_vs_t
 from jdiffrep.evaluate.evaluators import attribute_probe
+from jdiffrep.evaluate.evaluators import attribute_regression
 from jdiffrep.evaluate.evaluators import base
 from jdiffrep.evaluate.evaluators import categorical_probe
 from jdiffrep.evaluate.evaluators import counterfactual
@@ -19,6 +20,7 @@ EVALUATORS: dict[str, type[base.Evaluator]] = {
     'reconstruction': reconstruction.Reconstruction,
     'timestep_probe': timestep_probe.TimestepProbe,
     'counterfactual': counterfactual.Counterfactuals,
+    'attribute_regression': attribute_regression.AttributeRegression,
 }
 
 
@@ -33,3 +35,4 @@ def check_entry(name: str, entry) -> None:
   if unknown:
     raise ValueError(f'config.evaluate.evals.{name} has fields {unknown} that a {kind!r} '
                      f'evaluator does not read; it reads {sorted(allowed)}.')
+  EVALUATORS[kind].check_options(name, entry)

@@ -163,9 +163,10 @@ class Context:
       self._store.close()
 
   # ------------------------------------------------------------------ reuse
-  def fingerprint(self, entry: ml_collections.ConfigDict) -> str:
+  def fingerprint(self, entry: ml_collections.ConfigDict, inputs: dict | None = None) -> str:
     """A hash of everything an entry's result depends on: the entry, the evaluation settings,
-    the dataset, the seed and every stage's config and checkpoint step.
+    the dataset, the seed, every stage's config and checkpoint step, and the evaluator's own
+    `inputs` (`Evaluator.fingerprint_inputs`, e.g. the transfer dataset it reads).
 
     Other entries of `config.evaluate.evals` are left out, so adding an evaluator keeps the
     results of the others reusable.
@@ -180,6 +181,8 @@ class Context:
         'stages': {name: {'step': stage.step, 'config': without(
             config_lib.stage_config(self.config, name), 'evaluate', 'pipeline', 'stage_overrides')}
                    for name, stage in self.stages.items()}}
+    if inputs:
+      payload['inputs'] = inputs
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -188,12 +191,24 @@ class Evaluator:
   """One part of the evaluate stage. Subclasses set `needs` and `options` and define `run`.
 
   `options`: the entry fields this evaluator reads besides `type` and `enabled`, with their
-  defaults. `reads_results`: True for an evaluator that reads other evaluators' results (from
-  `context.results`); it runs after all those that do not.
+  defaults; `check_options` refuses bad values before anything runs. `reads_results`: True for an
+  evaluator that reads other evaluators' results (from `context.results`); it runs after all
+  those that do not.
   """
   needs: tuple[str, ...] = ()
   options: dict[str, Any] = {}
   reads_results: bool = False
+
+  @classmethod
+  def check_options(cls, name: str, entry: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming `config.evaluate.evals.<name>.<option>` and its valid values."""
+    del name, entry  # most evaluators' options need no check beyond their names
+
+  def fingerprint_inputs(self, context: Context, entry: ml_collections.ConfigDict) -> dict:
+    """What the result depends on besides the config and the stages (hashed into the
+    fingerprint); {} for evaluators that read only the config's dataset."""
+    del context, entry
+    return {}
 
   def missing(self, context: Context, entry: ml_collections.ConfigDict) -> str | None:
     """Why this evaluator cannot run here, or None when everything it needs is there."""
