@@ -71,8 +71,8 @@ def small_celeba_config():
   config.sample_every_steps = 0
   config.sample.num_images = 4
   config.sample.ddim_steps = 10
-  config.stage_overrides = {stage: {'num_train_steps': 2}
-                            for stage in ('ddpm', 'diti', 'pdae', 'sdae')}
+  config.stage_overrides = {stage: {'num_train_steps': 2} for stage in config.pipeline
+                            if stage != 'evaluate'}
   config.evaluate.embedding_timesteps = (0, 100)
   config.evaluate.dm_feature_timesteps = (0, 100)
   config.evaluate.counterfactual_invert_steps = 20

@@ -49,6 +49,10 @@ def get_config(arg: str | None = None):
       'diti': {'num_train_steps': 700, 'optim': {'ema_decay': 0.99}},
       'pdae': {'num_train_steps': 700, 'optim': {'ema_decay': 0.99}},
       'sdae': {'num_train_steps': 500, 'optim': {'ema_decay': 0.99}},
+      # The SSL baselines are not in the default pipeline (configs/shapes_long.py has them);
+      # `--config.pipeline=ddpm,diti,pdae,sdae,simclr,simsiam,evaluate` adds them here.
+      'simclr': {'num_train_steps': 700, 'optim': {'ema_decay': 0.99}},
+      'simsiam': {'num_train_steps': 700, 'optim': {'ema_decay': 0.99}},
   }
   config.sdae.latent_dim = 256
   # The clean image, not x_t: best-t mean accuracy 0.757 against 0.649 after 1500 steps.

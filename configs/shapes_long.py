@@ -1,10 +1,11 @@
-"""`shapes` with the representation stages trained for long (about 2 hours on 2 cores).
+"""`shapes` with the representation stages trained for long (about 3 hours on 2 cores).
 
   python -m jdiffrep.main --config=configs/shapes_long.py --workdir=runs/shapes_long
 
-The default pipeline (configs/shapes.py) with DiTi and PDAE trained for 10,000 steps instead of
-700, and sdae for 14,000 instead of 500: the lengths benchmarks/README.md measured (DiTi d = 256
-above raw pixels: test mAP 0.962, categorical accuracy 0.992; sdae still improving at 14,000).
+The default pipeline (configs/shapes.py) plus the SimCLR and SimSiam baselines, with DiTi, PDAE,
+SimCLR and SimSiam trained for 10,000 steps instead of 700, and sdae for 14,000 instead of 500:
+the lengths benchmarks/README.md measured (DiTi d = 256 above raw pixels: test mAP 0.962,
+categorical accuracy 0.992; sdae still improving at 14,000).
 The DM stage is the default one, so the `ddpm/` of a default run can be copied in and reused.
 """
 
@@ -28,6 +29,10 @@ def get_config(arg: str | None = None):
   config.stage_overrides.diti.num_train_steps = 10_000
   config.stage_overrides.pdae.num_train_steps = 10_000
   config.stage_overrides.sdae.num_train_steps = 14_000
+  if not arg:  # the whole pipeline: with the self-supervised baselines on DiTi's encoder
+    config.pipeline = config.pipeline[:-1] + ('simclr', 'simsiam', 'evaluate')
+  config.stage_overrides.simclr.num_train_steps = 10_000
+  config.stage_overrides.simsiam.num_train_steps = 10_000
   config.checkpoint_every_steps = 1_000
   config.evaluate.counterfactual_pairs = 64
   # The sweeps and previews that the 20-minute default trims.

@@ -237,8 +237,8 @@ def paper_scale_pipeline(config: ml_collections.ConfigDict, *, num_train_steps: 
                          representation_steps: int) -> None:
   """Both papers on a real dataset, evaluated as the official DiTi code does (in place).
 
-  Stages ddpm, diti, pdae, sdae, evaluate; the representation stages train
-  `representation_steps`, the DM `num_train_steps`. Counterfactuals invert with 1000 DDIM steps,
+  Stages ddpm, diti, pdae, sdae, simclr, simsiam, evaluate; the representation stages train
+  `representation_steps` (SimCLR at the official SSL batch of 512), the DM `num_train_steps`. Counterfactuals invert with 1000 DDIM steps,
   generate with 100 and move x_T by the same slerp as z (`eval/counterfactual_generation.py`);
   DDIM uses the official shift -sqrt(1 - abar_t) and inverts with eps of the level it leaves
   (`model/diffusion/ddim.py`);
@@ -246,9 +246,10 @@ def paper_scale_pipeline(config: ml_collections.ConfigDict, *, num_train_steps: 
   (`eval/multitask_classification.py`).
   """
   config.num_train_steps = num_train_steps
-  config.pipeline = ('ddpm', 'diti', 'pdae', 'sdae', 'evaluate')
+  config.pipeline = ('ddpm', 'diti', 'pdae', 'sdae', 'simclr', 'simsiam', 'evaluate')
   config.stage_overrides = {name: {'num_train_steps': representation_steps}
-                            for name in ('diti', 'pdae', 'sdae')}
+                            for name in ('diti', 'pdae', 'sdae', 'simclr', 'simsiam')}
+  config.stage_overrides.simclr.batch_size = 512  # the official ssl_batch_size
   config.evaluate.counterfactual_invert_steps = 1000
   config.evaluate.counterfactual_generate_steps = 100
   config.evaluate.counterfactual_alpha = 1.0

@@ -110,9 +110,16 @@ def test_methods_declare_their_representations(tiny_config):
   from jdiffrep import methods  # pylint: disable=g-import-not-at-top
   shape = (32, 32, 3)
   declared = {}
-  for name in ('ddpm', 'diti', 'pdae', 'sdae'):
+  for name in ('ddpm', 'diti', 'pdae', 'sdae', 'simclr', 'simsiam'):
     method = methods.make_method(config_lib.stage_config(tiny_config, name), shape)
     declared[name] = method.representation(name, tiny_config.evaluate, seed=0)
+  # One conv encoder architecture for DiTi, PDAE and the SSL baselines; sdae's is its own; the
+  # DM's features are not a learned embedding.
+  architectures = {name: rep.architecture for name, rep in declared.items()}
+  assert len({architectures[n] for n in ('diti', 'pdae', 'simclr', 'simsiam')}) == 1
+  assert architectures['sdae'] not in (None, architectures['diti'])
+  assert architectures['ddpm'] is None
+  assert not declared['simclr'].reconstructs and declared['simclr'].partition is None
   assert declared['diti'].partition is not None and declared['pdae'].partition is None
   assert declared['diti'].reconstructs and declared['pdae'].reconstructs
   assert (declared['sdae'].sweep_family, declared['ddpm'].sweep_family) == ('sdae', 'dm')
@@ -146,3 +153,31 @@ def test_flipping_probes_get_the_mirrored_train_images_features(eval_config, tmp
   # On shapes a flip moves 'position' (left <-> right): the config check refuses it.
   with pytest.raises(ValueError, match='probe_train_flip=True, but a horizontal flip changes'):
     config_lib.validate_config(eval_config)
+
+
+def test_random_encoder_rows_are_one_per_architecture_at_random_init(tiny_config):
+  from jdiffrep import methods  # pylint: disable=g-import-not-at-top
+  shape = (32, 32, 3)
+  stages = {}
+  for seed, name in enumerate(('diti', 'simclr', 'sdae')):
+    method = methods.make_method(config_lib.stage_config(tiny_config, name), shape)
+    params = method.init_params(jax.random.key(100 + seed))  # stands in for trained params
+    stages[name] = base.Stage(name=name, method=method, params=params, frozen={},
+                              representation=method.representation(name, tiny_config.evaluate, 0),
+                              step=7)
+  random_stages = pipeline_eval.random_encoder_stages(stages, tiny_config.evaluate, seed=3)
+  assert set(random_stages) == {'random_diti', 'random_sdae'}
+  random_diti = random_stages['random_diti']
+  assert random_diti.step == 0 and not random_diti.representation.reconstructs
+  assert random_diti.representation.partition is None
+  expected = jax.jit(stages['diti'].method.init_params)(jax.random.PRNGKey(3))
+  for got, want in zip(jax.tree.leaves(random_diti.params), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(got, want)
+  images = jax.random.uniform(jax.random.key(0), (2, *shape), minval=-1.0, maxval=1.0)
+  random_z = random_diti.representation.features(random_diti.params, images)['random_diti']
+  trained_z = stages['diti'].representation.features(stages['diti'].params, images)['diti']
+  assert random_z.shape == trained_z.shape and not np.allclose(random_z, trained_z)
+  assert set(random_stages['random_sdae'].representation.features(
+      random_stages['random_sdae'].params, images)) == {
+          f'random_sdae_t{t}' for t in tiny_config.evaluate.embedding_timesteps} | {
+              'random_sdae_mean_t'}

@@ -17,6 +17,7 @@ from tensorboard.util import tensor_util
 
 from configs import celeba as celeba_config
 from configs import ffhq as ffhq_config
+from jdiffrep import config as config_lib
 from jdiffrep import prepare
 from jdiffrep import run
 from jdiffrep.data import registry
@@ -81,8 +82,8 @@ def _shrink(config, data_dir):
   config.sample_every_steps = 0
   config.sample.num_images = 4
   config.sample.ddim_steps = 4
-  config.stage_overrides = {'ddpm': {'num_train_steps': 2}, 'diti': {'num_train_steps': 2},
-                            'pdae': {'num_train_steps': 2}, 'sdae': {'num_train_steps': 2}}
+  config.stage_overrides = {stage: {'num_train_steps': 2} for stage in config.pipeline
+                            if stage != config_lib.EVALUATE_STAGE}
   config.sdae.latent_dim = 16
   config.evaluate.batch_size = 32
   config.evaluate.probe_epochs = 2
@@ -103,7 +104,7 @@ def test_celeba_config_runs_both_papers_and_the_official_evaluation(tmp_path):
   prepared = prepare.prepare('celeba', str(source), str(data_dir))
   assert prepared.num_examples == {'train': 96, 'validation': 24, 'test': 24}
   config = _shrink(celeba_config.get_config(), data_dir)
-  assert config.pipeline == ('ddpm', 'diti', 'pdae', 'sdae', 'evaluate')
+  assert config.pipeline == ('ddpm', 'diti', 'pdae', 'sdae', 'simclr', 'simsiam', 'evaluate')
   # No feature set fits in memory: every probe streams its features from spill files, as the
   # pixels of the real CelebA (8 GB) must; the files are gone when the stage ends.
   config.evaluate.feature_memory_mb = 0
@@ -118,8 +119,13 @@ def test_celeba_config_runs_both_papers_and_the_official_evaluation(tmp_path):
       evaluation['features_streamed_from_disk'])
 
   representations = {'pixels', 'diti', 'pdae', 'sdae_t0', 'sdae_t100', 'sdae_mean_t', 'dm_t0',
-                     'dm_t100'}
-  assert set(evaluation['attribute_probe']) == representations
+                     'dm_t100', 'simclr', 'simsiam'}
+  # One row per encoder architecture at random init: DiTi's conv encoder (shared by PDAE and the
+  # SSL baselines) and sdae's DiT encoder, named after the first stage of each.
+  random_rows = {'random_diti', 'random_sdae_t0', 'random_sdae_t100', 'random_sdae_mean_t'}
+  assert set(evaluation['attribute_probe']) == representations | random_rows
+  assert evaluation['random_encoder_rows'] == {
+      'random_diti': ['diti', 'pdae', 'simclr', 'simsiam'], 'random_sdae': ['sdae']}
   for reading in evaluation['attribute_probe'].values():
     assert list(reading['per_attribute_ap']) == list(sources.CELEBA_ATTRIBUTE_NAMES)
     assert 0 < reading['test_mean_ap'] <= 1 and 0 < reading['validation_mean_ap'] <= 1
@@ -161,6 +167,8 @@ def test_ffhq_config_runs_every_stage_and_label_free_counterfactuals(tmp_path):
   _write_ffhq(source)
   assert prepare.prepare('ffhq', str(source), str(data_dir)).num_examples == {'train': 40}
   config = _shrink(ffhq_config.get_config(), data_dir)
+  # The SSL baselines train without labels here too; the CelebA test covers them.
+  config.pipeline = tuple(s for s in config.pipeline if s not in ('simclr', 'simsiam'))
   assert tuple(config.diti.encoder_channels) == (64, 128, 256, 256, 256)
   workdir = tmp_path / 'run'
   stages = run.run(config, str(workdir))['stages']

@@ -39,8 +39,8 @@ def extract(feature_fn: Callable[[jax.Array], dict], dataset_config, splits: Map
 
   Batches are padded to `batch_size`, so `feature_fn` compiles once. Returns {key: {'features':
   {name: [N, D] array or FeatureFile}, 'labels': {name: [N]}, 'attributes': [N, A] bool and
-  'regression_targets': [N, T] float32 when the dataset has them}}. All splits are extracted before any is assembled, so the store's budget
-  bounds the three together.
+  'regression_targets': [N, T] float32 when the dataset has them}}. All splits are extracted
+  before any is assembled, so the store's budget bounds the three together.
   """
   limits = limits or {}
   extracted = {key: _extract_split(feature_fn, dataset_config, key, split, store,

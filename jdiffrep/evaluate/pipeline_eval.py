@@ -6,7 +6,9 @@ representation (DiTi's and PDAE's z, sdae's z_t and the DM's features along t), 
 listed evaluators in order (`evaluate/evaluators/`): linear attribute and categorical probes and
 kNN of every feature set next to raw pixels (a sweep's best t chosen on validation, never test),
 plots along t, DDIM reconstructions, for a z with time-step subsets the time-step probe and
-counterfactuals, and attribute regression on a transfer dataset (LFW). Each evaluator's result is kept in `<workdir>/evaluate/evaluators/<name>.json`
+counterfactuals, and attribute regression on a transfer dataset (LFW). With
+`config.evaluate.random_encoder_baselines`, every encoder architecture also gets a row at random
+initialisation. Each evaluator's result is kept in `<workdir>/evaluate/evaluators/<name>.json`
 with a fingerprint of what it depends on, so a re-run (after a crash, or with an evaluator added)
 reuses the finished ones. Writes `<workdir>/evaluate/results.json`, the PNGs next to it, and the
 headline numbers as TensorBoard scalars in `<workdir>/evaluate`, each evaluator's as it finishes.
