@@ -238,6 +238,7 @@ def test_pipeline_runs_every_stage_and_reuses_finished_ones(diti_config, tmp_pat
   diti_config.evaluate.counterfactual_noise_alpha = 0.5  # also inverts B and slerps the noises
   diti_config.evaluate.classifier_train_images = 256
   diti_config.evaluate.classifier_steps = 20
+  diti_config.evaluate.random_encoder_baselines = False  # test_real_pipelines' CelebA has them
   workdir = str(tmp_path / 'run')
   results = run.run(diti_config, workdir)
   stages = results['stages']

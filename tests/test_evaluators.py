@@ -161,7 +161,7 @@ def test_random_encoder_rows_are_one_per_architecture_at_random_init(tiny_config
   stages = {}
   for seed, name in enumerate(('diti', 'simclr', 'sdae')):
     method = methods.make_method(config_lib.stage_config(tiny_config, name), shape)
-    params = method.init_params(jax.random.key(100 + seed))  # stands in for trained params
+    params = jax.jit(method.init_params)(jax.random.key(100 + seed))  # stands in for trained
     stages[name] = base.Stage(name=name, method=method, params=params, frozen={},
                               representation=method.representation(name, tiny_config.evaluate, 0),
                               step=7)
@@ -177,7 +177,7 @@ def test_random_encoder_rows_are_one_per_architecture_at_random_init(tiny_config
   random_z = random_diti.representation.features(random_diti.params, images)['random_diti']
   trained_z = stages['diti'].representation.features(stages['diti'].params, images)['diti']
   assert random_z.shape == trained_z.shape and not np.allclose(random_z, trained_z)
-  assert set(random_stages['random_sdae'].representation.features(
-      random_stages['random_sdae'].params, images)) == {
+  assert set(jax.eval_shape(random_stages['random_sdae'].representation.features,
+                            random_stages['random_sdae'].params, images)) == {
           f'random_sdae_t{t}' for t in tiny_config.evaluate.embedding_timesteps} | {
               'random_sdae_mean_t'}

@@ -105,6 +105,9 @@ def test_celeba_config_runs_both_papers_and_the_official_evaluation(tmp_path):
   assert prepared.num_examples == {'train': 96, 'validation': 24, 'test': 24}
   config = _shrink(celeba_config.get_config(), data_dir)
   assert config.pipeline == ('ddpm', 'diti', 'pdae', 'sdae', 'simclr', 'simsiam', 'evaluate')
+  # The SSL stages train like any other (tests/test_ssl.py runs one through the trainer); left
+  # out here to keep the CI run short. Their encoder's random row stays (`random_diti`).
+  config.pipeline = tuple(s for s in config.pipeline if s not in ('simclr', 'simsiam'))
   # No feature set fits in memory: every probe streams its features from spill files, as the
   # pixels of the real CelebA (8 GB) must; the files are gone when the stage ends.
   config.evaluate.feature_memory_mb = 0
@@ -119,13 +122,13 @@ def test_celeba_config_runs_both_papers_and_the_official_evaluation(tmp_path):
       evaluation['features_streamed_from_disk'])
 
   representations = {'pixels', 'diti', 'pdae', 'sdae_t0', 'sdae_t100', 'sdae_mean_t', 'dm_t0',
-                     'dm_t100', 'simclr', 'simsiam'}
+                     'dm_t100'}
   # One row per encoder architecture at random init: DiTi's conv encoder (shared by PDAE and the
   # SSL baselines) and sdae's DiT encoder, named after the first stage of each.
   random_rows = {'random_diti', 'random_sdae_t0', 'random_sdae_t100', 'random_sdae_mean_t'}
   assert set(evaluation['attribute_probe']) == representations | random_rows
-  assert evaluation['random_encoder_rows'] == {
-      'random_diti': ['diti', 'pdae', 'simclr', 'simsiam'], 'random_sdae': ['sdae']}
+  assert evaluation['random_encoder_rows'] == {'random_diti': ['diti', 'pdae'],
+                                               'random_sdae': ['sdae']}
   for reading in evaluation['attribute_probe'].values():
     assert list(reading['per_attribute_ap']) == list(sources.CELEBA_ATTRIBUTE_NAMES)
     assert 0 < reading['test_mean_ap'] <= 1 and 0 < reading['validation_mean_ap'] <= 1

@@ -1,6 +1,7 @@
 """SimCLR / SimSiam baselines, their augmentations and the embedding-health diagnostics."""
 
 import colorsys
+import json
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ from jdiffrep import config as config_lib
 from jdiffrep import health
 from jdiffrep import methods
 from jdiffrep import train
+from tensorboard.backend.event_processing import event_accumulator
 from jdiffrep.methods import ssl
 
 SHAPE = (32, 32, 3)
@@ -163,3 +165,26 @@ def test_ssl_flip_is_refused_where_it_changes_labels(tiny_config):
   tiny_config.simclr.augment.flip_prob = 0.5
   with pytest.raises(ValueError, match='simclr.augment.flip_prob'):
     config_lib.validate_config(tiny_config)
+
+
+def test_trainer_logs_health_and_writes_the_augmentation_grid(tiny_config, tmp_path):
+  tiny_config.method = 'simsiam'
+  tiny_config.num_train_steps = 4
+  tiny_config.log_every_steps = 2
+  results = train.train_and_evaluate(tiny_config, str(tmp_path))
+  health_keys = {f'{prefix}/{name}' for prefix in ('health', 'health_ema')
+                 for name in ('std_mean', 'std_min', 'std_reference', 'effective_rank')}
+  assert set(results['embedding_health']) == health_keys
+  assert results['embedding_health']['health/std_reference'] == pytest.approx(
+      1 / np.sqrt(tiny_config.diti.latent_dim))
+  assert 1.0 <= results['embedding_health']['health/effective_rank'] <= 32
+  assert json.loads((tmp_path / 'results.json').read_text())['embedding_health'] == (
+      results['embedding_health'])
+  events = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={'tensors': 0})
+  events.Reload()
+  assert health_keys <= set(events.Tags()['tensors'])
+  # The preview is the augmentation grid: originals, view 1, view 2, a row of 8 each (4 images).
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  grid = np.asarray(Image.open(results['artifacts']['samples'][-1]))
+  cell = SHAPE[0] * max(1, 128 // SHAPE[0]) + 1  # upscaled image + 1 pixel of padding
+  assert grid.shape[:2] == (3 * cell + 1, 8 * cell + 1)
