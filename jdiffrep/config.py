@@ -238,12 +238,11 @@ def paper_scale_pipeline(config: ml_collections.ConfigDict, *, num_train_steps: 
   """Both papers on a real dataset, evaluated as the official DiTi code does (in place).
 
   Stages ddpm, diti, pdae, sdae, simclr, simsiam, evaluate; the representation stages train
-  `representation_steps` (SimCLR at the official SSL batch of 512), the DM `num_train_steps`. Counterfactuals invert with 1000 DDIM steps,
-  generate with 100 and move x_T by the same slerp as z (`eval/counterfactual_generation.py`);
-  DDIM uses the official shift -sqrt(1 - abar_t) and inverts with eps of the level it leaves
-  (`model/diffusion/ddim.py`);
-  the linear probes train on raw features of randomly flipped training images
-  (`eval/multitask_classification.py`).
+  `representation_steps` (SimCLR at the official SSL batch of 512), the DM `num_train_steps`.
+  Counterfactuals invert with 1000 DDIM steps, generate with 100 and move x_T by the same slerp
+  as z (`eval/counterfactual_generation.py`); DDIM uses the official shift -sqrt(1 - abar_t) and
+  inverts with eps of the level it leaves (`model/diffusion/ddim.py`); the linear probes train on
+  raw features of randomly flipped training images (`eval/multitask_classification.py`).
   """
   config.num_train_steps = num_train_steps
   config.pipeline = ('ddpm', 'diti', 'pdae', 'sdae', 'simclr', 'simsiam', 'evaluate')
