@@ -51,6 +51,12 @@ def host() -> str:
   return f'{platform.machine()}, {cores()} cores usable'
 
 
+def peak_rss_bytes() -> int:
+  """The most resident memory this process has held so far (Linux reports KiB)."""
+  import resource  # pylint: disable=g-import-not-at-top
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def append_row(row: dict, out: str) -> None:
   """Prints `row` as one JSON line and appends it to the file `out` ('-': print only)."""
   line = json.dumps(row)

@@ -70,6 +70,20 @@ def dit_table(records: list[dict]) -> list[str]:
   return lines
 
 
+def memory_table(records: list[dict]) -> list[str]:
+  """`--bench=dit --side=ours|peer` rows: each side alone in its own process, its peak RSS."""
+  lines = ['| date | device | model | res | batch | dtype | attention | side | ms/step | '
+           'process peak RSS GiB | commit |', '| --- ' * 11 + '|']
+  for r in records:
+    side = r['jdiffrep'] if r['side'] == 'ours' else r['diffusers']
+    lines.append(
+        f'| {r["date"][:10]} | {_device(r)} | {r["model"]} | {r["resolution"]} | {r["batch"]} '
+        f'| {r["dtype"]} | {r["attention"] if r["side"] == "ours" else "torch SDPA"} '
+        f'| {"jdiffrep" if r["side"] == "ours" else "diffusers"} | {side["step_ms"]} '
+        f'| {_gib(r["process_peak_rss_bytes"])} | {(r.get("commit") or "")[:7]} |')
+  return lines
+
+
 def method_table(records: list[dict]) -> list[str]:
   lines = ['| date | device | step | model | res | batch | dtype | img/s | ms/step | compile s | '
            'peak device GiB | load |', '| --- ' * 12 + '|']
@@ -121,7 +135,10 @@ def render(records: list[dict]) -> str:
   records = [r for r in records if not records_lib.is_busy(r)]
   by_bench = lambda *names: [r for r in records if r['bench'] in names]
   sections = [
-      ('DiT train step, jdiffrep vs diffusers (`--bench=dit`)', dit_table(by_bench('dit'))),
+      ('DiT train step, jdiffrep vs diffusers (`--bench=dit`)',
+       dit_table([r for r in by_bench('dit') if r.get('side', 'both') == 'both'])),
+      ('Each side alone: peak memory of the process (`--bench=dit --side=ours|peer`)',
+       memory_table([r for r in by_bench('dit') if r.get('side', 'both') != 'both'])),
       ('Method train steps (`--bench=diti`, `--bench=sdae`)', method_table(by_bench('diti', 'sdae'))),
       ('Input pipeline alone (`--bench=data`)', data_table(by_bench('data'))),
       ('Fake CPU device sweep, fixed global batch (`--bench=devices`)',

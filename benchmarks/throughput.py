@@ -40,6 +40,7 @@ from absl import flags
 
 from benchmarks import provenance
 from benchmarks import records
+from jdiffrep import cpu_runtime
 
 _BENCH = flags.DEFINE_enum('bench', 'dit', ['dit', 'diti', 'sdae', 'data', 'devices'],
                            'What to time.')
@@ -48,10 +49,16 @@ _RESOLUTION = flags.DEFINE_integer('resolution', 32, 'Image side (pixels, 3 chan
 _BATCH = flags.DEFINE_integer('batch', 32, 'Global batch size.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
                            'Compute dtype (params stay float32; the peer uses bf16 autocast).')
-_ATTENTION = flags.DEFINE_enum('attention', 'xla', ['xla', 'cudnn'],
-                               "jax.nn.dot_product_attention implementation ('cudnn': GPU only).")
+_ATTENTION = flags.DEFINE_enum(
+    'attention', 'auto', ['auto', 'xla', 'cudnn', 'head_major'],
+    "Our attention kernel (jdiffrep.models.attention): 'auto' is 'head_major' on CPU and XLA's "
+    "jax.nn.dot_product_attention elsewhere; 'cudnn': GPU only.")
 _PEER = flags.DEFINE_enum('peer', 'diffusers', ['diffusers', 'none'], 'The peer to compare with.')
 _PEER_COMPILE = flags.DEFINE_bool('peer_compile', False, 'torch.compile the peer model.')
+_SIDE = flags.DEFINE_enum(
+    'side', 'both', ['both', 'ours', 'peer'],
+    "--bench=dit: 'both' times ours against the peer; 'ours' / 'peer' builds and times one side "
+    'alone, so the peak RSS the row records (`process_peak_rss_bytes`) is that side\'s own.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per round.', lower_bound=1)
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Rounds (ours and the peer alternate).',
                                 lower_bound=1)
@@ -124,6 +131,8 @@ def _record(bench: str, fields: dict) -> dict:
       'load_avg_start': _START['load_avg'],
       'idle_wait_seconds': _START['idle_wait_seconds'],
       'versions': provenance.versions(),
+      'environment': {name: os.environ.get(name)
+                      for name in (*cpu_runtime.CPU_ENVIRONMENT, 'XLA_FLAGS', cpu_runtime.OPT_OUT)},
       'note': _NOTE.value,
       **fields,
   }
@@ -158,7 +167,7 @@ def _config():
   config = shapes.get_config('ddpm')
   config.model.name = _MODEL.value
   config.model.dtype = _DTYPE.value
-  config.model.attention_impl = 'cudnn' if _ATTENTION.value == 'cudnn' else None
+  config.model.attention_impl = _ATTENTION.value
   config.batch_size = _BATCH.value
   config.dataset.resolution = _RESOLUTION.value
   config.optim.warmup_steps = 0
@@ -249,10 +258,11 @@ def bench_dit() -> dict:
   peak, peak_source = flops.peak_flops(device.device_kind, device.platform, _DTYPE.value)
   formula_flops = flops.dit_train_step_flops(_MODEL.value, _RESOLUTION.value, _BATCH.value)
 
-  ours = OursDiTStep(batch, config)
-  runners = {'jdiffrep': ours}
+  runners = {}
+  if _SIDE.value != 'peer':
+    ours = runners['jdiffrep'] = OursDiTStep(batch, config)
   fields = {}
-  if _PEER.value == 'diffusers':
+  if _PEER.value == 'diffusers' and _SIDE.value != 'ours':
     from benchmarks import peer_diffusers  # pylint: disable=g-import-not-at-top
     depth, hidden, heads, patch = dit.parse_model_name(_MODEL.value)
     optim = config.optim
@@ -272,7 +282,7 @@ def bench_dit() -> dict:
                       'num_params': peer.num_params, 'compile_seconds': round(peer_first, 2)}
 
   seconds = _alternate(runners, _STEPS.value, _REPEATS.value, _WARMUP.value)
-  if _PROFILE_DIR.value:
+  if _PROFILE_DIR.value and 'jdiffrep' in runners:
     with jax.profiler.trace(_PROFILE_DIR.value):
       ours.run(_STEPS.value)
     fields['profile_dir'] = _PROFILE_DIR.value
@@ -281,24 +291,28 @@ def bench_dit() -> dict:
     peer_devices = 1 if name == 'diffusers' else devices  # the peer runs on one device
     results[name] = _with_mfu(_median_round(secs, _STEPS.value, _BATCH.value, peer_devices),
                               formula_flops, peak and peak * peer_devices)
-  results['jdiffrep'].update(compile_seconds=round(ours.compile_seconds, 2),
-                             num_params=ours.num_params,
-                             xla_flops_per_step=ours.xla_flops,
-                             peak_device_memory_bytes=_peak_device_memory_bytes())
-  if ours.xla_flops and peak:
+  if 'jdiffrep' in results:
+    results['jdiffrep'].update(compile_seconds=round(ours.compile_seconds, 2),
+                               num_params=ours.num_params,
+                               xla_flops_per_step=ours.xla_flops,
+                               peak_device_memory_bytes=_peak_device_memory_bytes())
+  if 'jdiffrep' in results and ours.xla_flops and peak:
     step_s = results['jdiffrep']['step_ms'] / 1e3
     results['jdiffrep']['mfu_xla_flops'] = round(ours.xla_flops / step_s / peak, 4)
   if 'diffusers' in results:
     results['diffusers'].update(fields.pop('peer'))
     results['diffusers']['peak_device_memory_bytes'] = (
         peer.torch.cuda.max_memory_allocated(peer.device) if peer.device.type == 'cuda' else None)
+  if len(results) == 2:
     results.update(records.paired_ratios(seconds['jdiffrep'], seconds['diffusers']))
     results['ratio_ours_over_peer'] = results['ratio_median']
   return _record('dit', {
       'model': _MODEL.value, 'resolution': _RESOLUTION.value, 'batch': _BATCH.value,
       'tokens': (_RESOLUTION.value // dit.parse_model_name(_MODEL.value)[3]) ** 2,
-      'dtype': _DTYPE.value, 'attention': _ATTENTION.value, 'steps': _STEPS.value,
-      'repeats': _REPEATS.value, 'xla_threads': 'default (one per usable core)',
+      'dtype': _DTYPE.value, 'attention': _ATTENTION.value, 'side': _SIDE.value,
+      'steps': _STEPS.value, 'repeats': _REPEATS.value,
+      'xla_threads': 'default (one per usable core)',
+      'process_peak_rss_bytes': provenance.peak_rss_bytes(),
       'formula_flops_per_step': formula_flops, 'peak_flops_per_device': peak,
       'peak_source': peak_source, **fields, **results})
 
@@ -430,4 +444,5 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
+  cpu_runtime.restart_with_cpu_environment()
   app.run(main)

@@ -39,7 +39,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = 'XS/4'  # DiT size / patch, see jdiffrep.models.dit.DIT_SIZES
   config.model.dtype = 'float32'  # activations; parameters are always float32
-  config.model.attention_impl = ml_collections.config_dict.placeholder(str)  # None (XLA) or 'cudnn'
+  # 'auto' (head_major on CPU, XLA elsewhere), 'xla', 'cudnn' (GPU), 'head_major': models/attention.py
+  config.model.attention_impl = 'auto'
 
   config.diffusion = ml_collections.ConfigDict()
   config.diffusion.schedule = 'linear'
@@ -267,6 +268,7 @@ def _check_choice(path: str, value, valid) -> None:
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the bad field and its valid values, before anything is built."""
   from jdiffrep.data import registry  # pylint: disable=g-import-not-at-top
+  from jdiffrep.models import attention  # pylint: disable=g-import-not-at-top
   from jdiffrep.models import dit  # pylint: disable=g-import-not-at-top
 
   _check_choice('method', config.method, VALID_METHODS)
@@ -280,6 +282,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check_choice('sample.invert_eps_at', config.sample.invert_eps_at, ('target', 'source'))
   _check_choice('diti.sampling_shift', config.diti.sampling_shift, ('training', 'official'))
   _check_choice('model.dtype', config.model.dtype, VALID_DTYPES)
+  _check_choice('model.attention_impl', config.model.attention_impl, attention.ATTENTION_IMPLS)
   dit.parse_model_name(config.model.name)
   for field in ('batch_size', 'num_train_steps', 'log_every_steps', 'checkpoint_every_steps',
                 'keep_checkpoints', 'diffusion.num_timesteps', 'sample.num_images',

@@ -24,6 +24,7 @@ import jax
 from ml_collections import config_flags
 
 from jdiffrep import config as config_lib
+from jdiffrep import cpu_runtime
 from jdiffrep import distributed
 from jdiffrep import run
 from jdiffrep import train
@@ -87,4 +88,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  cpu_runtime.restart_with_cpu_environment()
   app.run(main)

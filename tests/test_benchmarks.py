@@ -120,3 +120,25 @@ def test_report_leaves_busy_rows_out_of_the_tables():
   assert '| XXS/4 |' in text and '0.7 (0.68-0.72)' in text
   assert '| S/2 |' not in text and '| XS/4 |' not in text
   assert '2 busy rows are left out' in text
+
+
+def test_report_puts_one_side_rows_in_the_memory_table_not_the_ratio_table():
+  from benchmarks import report  # pylint: disable=g-import-not-at-top
+
+  base = {'date': '2026-12-02T00:00:00+00:00', 'bench': 'dit', 'device_kind': 'cpu',
+          'device_count': 1, 'host': 'x86_64, 2 cores usable', 'model': 'S/2', 'resolution': 32,
+          'batch': 32, 'dtype': 'float32', 'attention': 'auto', 'load_avg_start': 0.1,
+          'load_avg_end': 0.2, 'busy': False, 'commit': 'abcdef0123'}
+  both = {**base, 'side': 'both', 'jdiffrep': {'images_per_sec': 2.5, 'step_ms': 12800},
+          'diffusers': {'images_per_sec': 3.2, 'step_ms': 10000}, 'ratio_median': 0.78,
+          'ratio_range': [0.75, 0.8], 'ratio_ours_over_peer': 0.78}
+  ours = {**base, 'side': 'ours', 'jdiffrep': {'images_per_sec': 2.6, 'step_ms': 12300},
+          'process_peak_rss_bytes': 6 * 2**30}
+  peer = {**base, 'side': 'peer', 'diffusers': {'images_per_sec': 3.3, 'step_ms': 9700},
+          'process_peak_rss_bytes': int(4.5 * 2**30)}
+  text = report.render([both, ours, peer])
+  ratio_table, memory_table = text.split('#### Each side alone')
+  assert '| 12800 |' in ratio_table and '0.78 (0.75-0.8)' in ratio_table
+  assert '12300' not in ratio_table and '9700' not in ratio_table
+  assert '| jdiffrep | 12300 | 6.00 | abcdef0 |' in memory_table
+  assert '| torch SDPA | diffusers | 9700 | 4.50 | abcdef0 |' in memory_table

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from jdiffrep.models import attention
+
 # name -> (depth, hidden_size, num_heads)
 DIT_SIZES: dict[str, tuple[int, int, int]] = {
     'XXS': (4, 128, 4),
@@ -202,13 +204,9 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    batch, length, dim = x.shape
-    head_dim = dim // self.num_heads
+    dim = x.shape[-1]
     qkv = _dense(self, 3 * dim, _xavier_uniform, 'qkv')(x)
-    qkv = qkv.reshape(batch, length, 3, self.num_heads, head_dim)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
-    out = out.reshape(batch, length, dim)
+    out = attention.self_attention(qkv, self.num_heads, self.attention_impl)
     return _dense(self, dim, _xavier_uniform, 'proj')(out)
 
 
@@ -280,8 +278,8 @@ class DiT(nn.Module):
   """Diffusion Transformer predicting eps.
 
   Params live in `param_dtype`; activations are computed in `dtype`; the output is float32.
-  `attention_impl` is passed to `jax.nn.dot_product_attention(implementation=...)`
-  (None: XLA default; 'cudnn' on GPU). `num_classes` adds DiT's class-label embedding (then
+  `attention_impl` picks the attention kernel (`jdiffrep.models.attention`: None/'auto' is
+  'head_major' on CPU and XLA's elsewhere; 'xla'; 'cudnn' on GPU). `num_classes` adds DiT's class-label embedding (then
   `labels` are required); `time_frequency_shift` is 1 for weights from diffusers (see
   `timestep_embedding`).
   """

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jdiffrep.models import attention
 from jdiffrep.models.dit import Attention, Mlp, PatchEmbed, sincos_pos_embed_2d
 
 
@@ -56,11 +57,8 @@ class SpatialAttentionBlock(nn.Module):
                                                   param_dtype=self.param_dtype, name=name, **kw)
     h = _group_norm(channels, self.dtype, self.param_dtype, 'norm')(x)
     qkv = dense(3 * channels, 'qkv')(h.reshape(batch, height * width, channels))
-    qkv = qkv.reshape(batch, height * width, 3, self.num_heads, channels // self.num_heads)
-    h = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
-                                     implementation=self.attention_impl)
-    h = dense(channels, 'proj_out', kernel_init=nn.initializers.zeros)(
-        h.reshape(batch, height * width, channels))
+    h = attention.self_attention(qkv, self.num_heads, self.attention_impl)
+    h = dense(channels, 'proj_out', kernel_init=nn.initializers.zeros)(h)
     return x + h.reshape(x.shape)
 
 

@@ -1,0 +1,75 @@
+"""Process settings the project sets for CPU runs, documented in the README ("CPU runs").
+
+XLA:CPU allocates every large intermediate of a train step afresh on each step; on Linux those
+are fresh 4 KiB pages, so a DiT-S/2 step at batch 32 took about 1.9 million page faults (7 GB of
+first touches) per step. glibc's `glibc.malloc.hugetlb=1` tunable makes malloc ask for
+transparent huge pages (2 MiB), which cut the faults 25-fold and the step by about 15 %
+(benchmarks/README.md, "CPU runtime settings"). A tunable is read only when the process starts,
+so `restart_with_cpu_environment()` re-executes the same command once with it set.
+
+It applies only where it can matter: Linux with glibc >= 2.35, no accelerator plugin for JAX
+installed (GPU/TPU hosts keep their environment), and not opted out with
+`JDIFFREP_CPU_ENVIRONMENT=0`. A value the user already set for a tunable is kept.
+No XLA flags are set: the ones tried (YNNPACK fusion off, oneDNN, XNNPACK, fast math, 512-bit
+vectors) did not make the step faster on the machines measured.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import sys
+from typing import Mapping
+
+# Variable -> tunables this project adds (colon-separated, as glibc reads GLIBC_TUNABLES).
+CPU_ENVIRONMENT: dict[str, str] = {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}
+# The XLA flags this project adds on CPU (none; see the module docstring).
+CPU_XLA_FLAGS: tuple[str, ...] = ()
+OPT_OUT = 'JDIFFREP_CPU_ENVIRONMENT'
+_ACCELERATOR_PLUGINS = ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm7_plugin', 'libtpu')
+_MIN_GLIBC = (2, 35)  # the first glibc with glibc.malloc.hugetlb
+
+
+def _merge_tunables(current: str, wanted: str) -> str:
+  """`wanted`'s name=value items added to `current`'s, keeping any name `current` sets."""
+  items = [item for item in current.split(':') if item]
+  names = {item.split('=', 1)[0] for item in items}
+  items += [item for item in wanted.split(':') if item.split('=', 1)[0] not in names]
+  return ':'.join(items)
+
+
+def missing_environment(environ: Mapping[str, str]) -> dict[str, str]:
+  """Variable -> the value it needs so that every CPU_ENVIRONMENT setting is in effect ({} when
+  all are, including where the user set a tunable to another value)."""
+  missing = {}
+  for name, wanted in CPU_ENVIRONMENT.items():
+    merged = _merge_tunables(environ.get(name, ''), wanted)
+    if merged != environ.get(name, ''):
+      missing[name] = merged
+  return missing
+
+
+def applies(environ: Mapping[str, str]) -> bool:
+  """Whether this process should run with CPU_ENVIRONMENT (see the module docstring)."""
+  if environ.get(OPT_OUT, '1') == '0' or sys.platform != 'linux':
+    return False
+  libc, version = platform.libc_ver()
+  if libc != 'glibc' or tuple(int(v) for v in version.split('.')[:2]) < _MIN_GLIBC:
+    return False
+  return not any(importlib.util.find_spec(name) for name in _ACCELERATOR_PLUGINS)
+
+
+def restart_with_cpu_environment() -> None:
+  """Re-execute this process's command line with CPU_ENVIRONMENT, once, where it applies.
+
+  Call it first thing in a `__main__` block (before JAX starts threads or allocates).
+  """
+  if not applies(os.environ):
+    return
+  missing = missing_environment(os.environ)
+  if not missing:
+    return
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **missing})

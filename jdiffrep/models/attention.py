@@ -1,0 +1,112 @@
+"""Multi-head self-attention kernels for the DiT, chosen by `config.model.attention_impl`.
+
+  'xla'        jax.nn.dot_product_attention's XLA path (every platform).
+  'cudnn'      jax.nn.dot_product_attention's cuDNN fused kernel (GPU only).
+  'head_major' softmax(q k^T / sqrt(d)) v written out in a [B*H, L, Dh] layout, with a
+               hand-written backward pass that keeps the row log-sum-exp instead of the
+               [B*H, L, L] probabilities. On XLA:CPU this runs the batched products on
+               contiguous per-head matrices (no strided head axis, fewer transposes around
+               each dot) and saves one L x L tensor per layer for the backward pass.
+  'auto'       'head_major' on CPU, 'xla' elsewhere (GPU/TPU keep jax.nn.dot_product_attention).
+
+All take the fused projection qkv: [B, L, 3 * H * Dh], ordered (3, H, Dh) per token as DiT's
+`attn.qkv`, and return [B, L, H * Dh].
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'head_major')
+
+
+def resolve(impl: str | None, backend: str | None = None) -> str:
+  """The kernel `impl` stands for on `backend` (default: JAX's default backend)."""
+  impl = impl or 'auto'
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f'Unknown attention_impl {impl!r}; valid: {list(ATTENTION_IMPLS)} '
+                     "('auto' picks 'head_major' on CPU and 'xla' elsewhere).")
+  if impl == 'auto':
+    return 'head_major' if (backend or jax.default_backend()) == 'cpu' else 'xla'
+  return impl
+
+
+def _accumulation(x: jax.Array) -> jnp.dtype:
+  """Scores, softmax and products in float32 at least (float64 stays float64)."""
+  return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def _softmax_forward(q: jax.Array, k: jax.Array, v: jax.Array):
+  """q, k, v: [N, L, Dh] -> (out [N, L, Dh], row log-sum-exp [N, L, 1], float32 or wider)."""
+  acc = _accumulation(q)
+  scores = jnp.einsum('nld,nmd->nlm', q * (1 / math.sqrt(q.shape[-1])), k,
+                      preferred_element_type=acc)
+  row_max = jnp.max(scores, axis=-1, keepdims=True)
+  unnormalised = jnp.exp(scores - row_max)
+  row_sum = jnp.sum(unnormalised, axis=-1, keepdims=True)
+  out = jnp.einsum('nlm,nmd->nld', unnormalised.astype(v.dtype), v,
+                   preferred_element_type=acc) / row_sum
+  return out.astype(q.dtype), row_max + jnp.log(row_sum)
+
+
+@jax.custom_vjp
+def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """softmax(q k^T / sqrt(Dh)) v over the last two axes. q, k, v: [N, L, Dh] -> [N, L, Dh]."""
+  return _softmax_forward(q, k, v)[0]
+
+
+def _softmax_attention_fwd(q, k, v):
+  out, log_sum_exp = _softmax_forward(q, k, v)
+  return out, (q, k, v, out, log_sum_exp)
+
+
+def _softmax_attention_bwd(residuals, d_out):
+  """The standard backward from the saved log-sum-exp (probabilities recomputed once)."""
+  q, k, v, out, log_sum_exp = residuals
+  acc = _accumulation(q)
+  scale = 1 / math.sqrt(q.shape[-1])
+  q_scaled = q * scale
+  probs = jnp.exp(jnp.einsum('nld,nmd->nlm', q_scaled, k, preferred_element_type=acc)
+                  - log_sum_exp)
+  d_v = jnp.einsum('nlm,nld->nmd', probs.astype(d_out.dtype), d_out, preferred_element_type=acc)
+  d_probs = jnp.einsum('nld,nmd->nlm', d_out, v, preferred_element_type=acc)
+  row_dot = jnp.sum(d_out.astype(acc) * out.astype(acc), axis=-1, keepdims=True)
+  d_scores = (probs * (d_probs - row_dot)).astype(q.dtype)
+  d_q = jnp.einsum('nlm,nmd->nld', d_scores, k, preferred_element_type=acc) * scale
+  d_k = jnp.einsum('nlm,nld->nmd', d_scores, q_scaled, preferred_element_type=acc)
+  return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype)
+
+
+softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
+
+
+def head_major_attention(qkv: jax.Array, num_heads: int) -> jax.Array:
+  """qkv: [B, L, 3 * H * Dh] -> [B, L, H * Dh], heads laid out as [B * H, L, Dh]."""
+  batch, length, width = qkv.shape
+  head_dim = width // (3 * num_heads)
+  per_head = qkv.reshape(batch, length, 3, num_heads, head_dim).transpose(2, 0, 3, 1, 4)
+  per_head = per_head.reshape(3, batch * num_heads, length, head_dim)
+  out = softmax_attention(per_head[0], per_head[1], per_head[2])
+  out = out.reshape(batch, num_heads, length, head_dim).transpose(0, 2, 1, 3)
+  return out.reshape(batch, length, num_heads * head_dim)
+
+
+def library_attention(qkv: jax.Array, num_heads: int, implementation: str | None) -> jax.Array:
+  """The same through jax.nn.dot_product_attention (implementation None/'xla' or 'cudnn')."""
+  batch, length, width = qkv.shape
+  head_dim = width // (3 * num_heads)
+  qkv = qkv.reshape(batch, length, 3, num_heads, head_dim)
+  out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
+                                     implementation=implementation)
+  return out.reshape(batch, length, num_heads * head_dim)
+
+
+def self_attention(qkv: jax.Array, num_heads: int, impl: str | None = 'auto') -> jax.Array:
+  """Dispatch on `impl` (see the module docstring). qkv: [B, L, 3*D] -> [B, L, D]."""
+  impl = resolve(impl)
+  if impl == 'head_major':
+    return head_major_attention(qkv, num_heads)
+  return library_attention(qkv, num_heads, None if impl == 'xla' else impl)
