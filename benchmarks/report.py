@@ -1,7 +1,8 @@
 r"""Regenerates the throughput tables of benchmarks/README.md from benchmarks/results/*_throughput.jsonl
-and *_train_speed.jsonl.
+and *_train_speed.jsonl, and the `shapes` pipeline tables of README.md and benchmarks/README.md
+from benchmarks/results/cpu_shapes_pipeline.jsonl (`benchmarks.pipeline_tables`).
 
-  python -m benchmarks.report [--readme=benchmarks/README.md]
+  python -m benchmarks.report [--readme=benchmarks/README.md] [--nopipeline_tables]
 
 The tables sit between the `<!-- throughput:begin -->` and `<!-- throughput:end -->` markers;
 everything else in the README is left as written. Busy rows (`is_busy`) are left out of the
@@ -17,12 +18,18 @@ import os
 from absl import app
 from absl import flags
 
+from benchmarks import pipeline_tables
+from benchmarks import provenance
 from benchmarks import records as records_lib
 
 _README = flags.DEFINE_string('readme', os.path.join('benchmarks', 'README.md'),
                               'The markdown file whose throughput section is rewritten.')
 _RESULTS = flags.DEFINE_string('results_dir', os.path.join('benchmarks', 'results'),
                                'Directory of *_throughput.jsonl and *_train_speed.jsonl files.')
+
+_PIPELINE_TABLES = flags.DEFINE_bool(
+    'pipeline_tables', True, 'Also rewrite the `shapes` pipeline blocks of README.md and '
+    'benchmarks/README.md (`benchmarks.pipeline_tables.BLOCKS`), from the repository root.')
 
 BEGIN, END = '<!-- throughput:begin -->', '<!-- throughput:end -->'
 def _ratio(r: dict) -> str:
@@ -181,6 +188,9 @@ def main(argv) -> None:
   _, tail = rest.split(END, 1)
   with open(_README.value, 'w') as f:
     f.write(head + BEGIN + '\n' + render(load_records(_RESULTS.value)) + END + tail)
+  if _PIPELINE_TABLES.value:
+    changed = pipeline_tables.update_readmes(provenance.REPO_ROOT, _RESULTS.value)
+    print('Pipeline tables rewritten in:', ', '.join(changed) or 'nothing (already current)')
 
 
 if __name__ == '__main__':
