@@ -250,28 +250,42 @@ def append_row(row: dict, out: str) -> None:
   path.write_text(text + json.dumps(row) + '\n')
 
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The finished pipeline workdir.')
-_COMMAND = flags.DEFINE_string('command', None, 'The exact command that produced the workdir.')
-_TIME_LOG = flags.DEFINE_string('time_log', None, 'The output of `/usr/bin/time -v` of the run.')
-_NOTE = flags.DEFINE_string('note', '', 'Free text: what the run was for, what ran beside it.')
-_LOAD = flags.DEFINE_float('load_avg_start', None,
-                           'The 1-minute load when the run started (busy if not below 0.5 per '
-                           'usable core).')
-_BUSY = flags.DEFINE_multi_string('busy_reason', [], 'Marks the row busy, with this reason.')
-_OUT = flags.DEFINE_string('out', DEFAULT_OUT, 'The JSONL file to append to; - prints only.')
+_FLAGS: dict = {}
+
+
+def _define_flags() -> None:
+  """Flags of the command line only (tests import this module beside others with --out)."""
+  _FLAGS.update(
+      workdir=flags.DEFINE_string('workdir', None, 'The finished pipeline workdir.'),
+      command=flags.DEFINE_string('command', None,
+                                  'The exact command that produced the workdir.'),
+      time_log=flags.DEFINE_string('time_log', None,
+                                   'The output of `/usr/bin/time -v` of the run.'),
+      note=flags.DEFINE_string('note', '',
+                               'Free text: what the run was for, what ran beside it.'),
+      load=flags.DEFINE_float('load_avg_start', None,
+                              'The 1-minute load when the run started (busy if not below 0.5 '
+                              'per usable core).'),
+      busy=flags.DEFINE_multi_string('busy_reason', [],
+                                     'Marks the row busy, with this reason.'),
+      out=flags.DEFINE_string('out', DEFAULT_OUT,
+                              'The JSONL file to append to; - prints only.'))
 
 
 def main(argv) -> None:
   del argv
-  if not _WORKDIR.value or not _COMMAND.value:
+  value = {name: flag.value for name, flag in _FLAGS.items()}
+  if not value['workdir'] or not value['command']:
     raise app.UsageError('--workdir and --command are required.')
-  known = read_rows(_OUT.value) if _OUT.value != '-' else []
-  row = build_row(_WORKDIR.value, _COMMAND.value, time_log=_TIME_LOG.value, note=_NOTE.value,
-                  load_avg_start=_LOAD.value, busy_reasons=tuple(_BUSY.value), known_rows=known)
+  known = read_rows(value['out']) if value['out'] != '-' else []
+  row = build_row(value['workdir'], value['command'], time_log=value['time_log'],
+                  note=value['note'], load_avg_start=value['load'],
+                  busy_reasons=tuple(value['busy']), known_rows=known)
   print(json.dumps(row))
-  if _OUT.value != '-':
-    append_row(row, _OUT.value)
+  if value['out'] != '-':
+    append_row(row, value['out'])
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)
