@@ -165,6 +165,7 @@ def evaluate_numbers(results: dict) -> dict:
 
 def build_row(workdir: str, command: str, *, time_log: str | None = None, note: str = '',
               load_avg_start: float | None = None, busy_reasons: tuple[str, ...] = (),
+              commit: str | None = None,
               known_rows: list[dict] | None = None) -> dict:
   """The results row of the finished pipeline in `workdir` (see the module docstring).
 
@@ -189,7 +190,8 @@ def build_row(workdir: str, command: str, *, time_log: str | None = None, note: 
                             or merged['stages'].get(stage, {}))
   stage_hashes = {stage: config_hash(config) for stage, config in stage_configs.items()}
   first = stage_configs[training[0]] if training else {}
-  row = {'date': provenance.utc_now(), 'command': command, 'commit': provenance.commit(),
+  row = {'date': provenance.utc_now(), 'command': command,
+         'commit': commit or provenance.commit(),
          'host': provenance.host(), 'stage': 'pipeline', 'pipeline': pipeline,
          'workdir': os.fspath(workdir_path), 'config_name': merged.get('config_name'),
          'config_hash': pipeline_hash(stage_hashes), 'stage_config_hashes': stage_hashes,
@@ -200,7 +202,9 @@ def build_row(workdir: str, command: str, *, time_log: str | None = None, note: 
   if time_log:
     timed = parse_time_log(epath.Path(time_log).read_text())
     row.update({k: v for k, v in timed.items() if k != 'timed_command'})
-    if timed.get('timed_command') and timed['timed_command'] not in command:
+    # The interpreter may be named by its path (`.venv/bin/python`) in the log.
+    timed_command = re.sub(r'^\S*/(python[\d.]*) ', r'\1 ', timed.get('timed_command') or '')
+    if timed_command and timed_command not in command:
       raise ValueError(f'--command {command!r} does not contain the command {time_log} timed, '
                        f'{timed["timed_command"]!r}: is the time log of another run?')
   if load_avg_start is not None:
@@ -268,6 +272,8 @@ def _define_flags() -> None:
                               'per usable core).'),
       busy=flags.DEFINE_multi_string('busy_reason', [],
                                      'Marks the row busy, with this reason.'),
+      commit=flags.DEFINE_string('commit', None, 'The commit the run ran on, when the '
+                                 'checkout has moved since (default: the checkout now).'),
       out=flags.DEFINE_string('out', DEFAULT_OUT,
                               'The JSONL file to append to; - prints only.'))
 
@@ -280,7 +286,8 @@ def main(argv) -> None:
   known = read_rows(value['out']) if value['out'] != '-' else []
   row = build_row(value['workdir'], value['command'], time_log=value['time_log'],
                   note=value['note'], load_avg_start=value['load'],
-                  busy_reasons=tuple(value['busy']), known_rows=known)
+                  busy_reasons=tuple(value['busy']), known_rows=known,
+                  commit=value['commit'])
   print(json.dumps(row))
   if value['out'] != '-':
     append_row(row, value['out'])
