@@ -117,6 +117,46 @@ def test_busy_and_reusing_rows_never_become_the_default_table():
     pipeline_tables.render_default([_row(busy=True)])
 
 
+def _long_row(seed, diti_map, position, *, commit='c' * 40, dm_hash='d1', **fields):
+  command = ('python -m jdiffrep.main --config=configs/shapes_long.py:diti,evaluate '
+             f'--workdir=runs/long_s{seed} --config.diti.dm_workdir=runs/dm '
+             f'--config.seed={seed}')
+  row = _row(commit=commit, command=command, seed=seed, stage_steps={'diti': 10_000},
+             stage_wall_seconds={'diti': 1800.0 + seed},
+             attribute_probe_test_mean_ap={'diti': diti_map, 'pixels': 0.935},
+             categorical_probe_summary={'diti': {'linear': diti_map - 0.01, 'knn': 0.9}},
+             categorical_linear_per_attribute={'diti': {
+                 'background': 1.0, 'position': position, 'shade': 1.0, 'shape': 0.9,
+                 'size': 1.0, 'texture': 0.95}},
+             reused_stages={'diti': {'dm': {'path': '/r/dm', 'config_hash': dm_hash,
+                                            'config_field': 'diti.dm_workdir'}}})
+  row.update(fields)
+  return row
+
+
+def test_long_diti_seeds_table_has_each_seed_their_mean_and_range():
+  rows = [_long_row(0, 0.962, 0.97, commit='0' * 40, note='old code'),
+          _long_row(0, 0.940, 0.80), _long_row(1, 0.920, 0.60),
+          _long_row(2, 0.990, 0.50, busy=True),  # busy: left out
+          _long_row(2, 0.950, 0.90, dm_hash='d2'),  # another DM: not in the seed table
+          _long_row(2, 0.910, 0.50)]
+  seeds = pipeline_tables.render_long_seeds(rows)
+  assert '3 rows of 2026-12-03 (commit ccccccc)' in seeds and '`/r/dm` (config hash d1)' in seeds
+  assert '| 0 | 0.940 | 0.935 | 0.930 | 0.900 | 1.000 | 0.800 |' in seeds
+  assert '| 1 | 0.920 |' in seeds and '| 2 | 0.910 |' in seeds and '0.990' not in seeds
+  # mean and range of DiTi's mAP and of position, over the three seeds
+  assert '| mean (range) | **0.923** (0.910-0.940) | **0.935** (0.935-0.935) |' in seeds
+  assert '**0.633** (0.500-0.800)' in seeds
+  assert 'above raw pixels (test mAP) in 1 of 3 seeds' in seeds
+  history = pipeline_tables.render_long_history(rows)
+  assert history.count('configs/shapes_long.py:diti,evaluate --workdir') == 5  # busy left out
+  assert '| 2026-12-03 | 0000000 |' in history and '| old code |' in history
+  assert '| 10000 | 0.962 | 0.952 | 0.970 | 0.935 |' in history
+  assert not any(pipeline_tables.is_pipeline_row(r) for r in rows)  # not in the default history
+  with pytest.raises(ValueError, match='no long DiTi row'):
+    pipeline_tables.render_long_seeds([_row()])
+
+
 def test_replace_block_keeps_the_rest_and_needs_both_markers():
   text = 'a\n<!-- t:begin -->\nold\n<!-- t:end -->\nb\n'
   assert pipeline_tables.replace_block(text, 't', 'new\n') == (
