@@ -9,7 +9,9 @@ The row holds where its numbers come from: the date, the command, the commit
 (`benchmarks.provenance`), the host, a hash of every stage's config.json, and for each stage that
 did not train here (a stage copied in from another workdir, a frozen DM read from
 `diti.dm_workdir` or `sdae.dm_workdir` outside this one) where it came from, with that run's own
-config hash and, where a recorded row covers it, that row's date, commit and command. Then what
+config hash and, where a recorded row covers it, that row's date, commit and command. Each
+stage's newest checkpoint, and a reused DM's, is named by a digest of its stored fingerprint
+(`checkpoint_digest`): equal digests mean bit-identical training states. Then what
 the READMEs quote: the whole run's wall time and peak RSS (from `/usr/bin/time -v`), each
 stage's wall time, images/s, steps and final loss, the embeddings' health, and the evaluate
 stage's probes (test mAP, categorical accuracy, kNN, per attribute) for every representation.
@@ -51,6 +53,26 @@ def pipeline_hash(stage_hashes: dict[str, str]) -> str:
 
 def _read_json(path: epath.Path) -> dict | None:
   return json.loads(path.read_text()) if path.exists() else None
+
+
+def checkpoint_digest(stage_dir: epath.Path) -> dict | None:
+  """{'step', 'sha256'} of the newest checkpoint in `stage_dir`/checkpoints, or None.
+
+  The digest is of the per-leaf fingerprint `jdiffrep.checkpoint.save` stores beside each
+  checkpoint (every bit of the train state: params, EMA, optimiser, step, rng), so two runs
+  with the same digest ended in bit-identical states, and a stage trained in one run can stand
+  for the same stage of another.
+  """
+  root = stage_dir / 'checkpoints'
+  if not root.is_dir():
+    return None
+  steps = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit()), reverse=True)
+  for step in steps:
+    saved = _read_json(root / str(step) / 'fingerprint' / 'metadata')
+    if saved and 'leaves' in saved:
+      digest = hashlib.sha256(json.dumps(saved['leaves']).encode()).hexdigest()[:16]
+      return {'step': step, 'sha256': digest}
+  return None
 
 
 def _same_path(a, b) -> bool:
@@ -101,6 +123,7 @@ def _source(run_dir: epath.Path, stage: str, known_rows: list[dict]) -> dict:
   source['config_hash'] = config_hash(config)
   if results is not None:
     source['steps'] = results.get('steps')
+  source['checkpoint_digest'] = checkpoint_digest(run_dir)
   recorded = _recorded_by(known_rows, run_dir, stage, source['config_hash'])
   if recorded:
     source['recorded_by'] = recorded
@@ -220,6 +243,7 @@ def build_row(workdir: str, command: str, *, time_log: str | None = None, note: 
   row['stage_images_per_sec'] = {s: _round(r.get('images_per_sec'))
                                  for s, r in stage_results.items()}
   row['stage_steps'] = {s: r.get('steps') for s, r in stage_results.items()}
+  row['stage_checkpoint_digests'] = {s: checkpoint_digest(workdir_path / s) for s in training}
   row['stage_batch_size'] = {s: r.get('batch_size') for s, r in stage_results.items()}
   row['stage_final_loss'] = {s: r.get('final_loss') for s, r in stage_results.items()}
   health = {s: r['embedding_health'] for s, r in stage_results.items()

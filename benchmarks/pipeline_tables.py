@@ -368,13 +368,13 @@ def render_long_seeds(rows: list[dict]) -> str:
   found = seed_rows(rows)
   scores = [_diti_scores(r) for r in found]
   header = (['seed', 'DiTi test mAP', 'raw pixels test mAP', 'categorical linear', 'kNN']
-            + list(LONG_ATTRIBUTES) + ['DiTi stage'])
+            + list(LONG_ATTRIBUTES) + ['DiTi steps'])
   lines = ['| ' + ' | '.join(header) + ' |', '| --- ' * len(header) + '|']
   for row, score in zip(found, scores):
     lines.append(f'| {row.get("seed")} | {_score(score["map"])} | {_score(score["pixels"])} '
                  f'| {_score(score["linear"])} | {_score(score["knn"])} | '
                  + ' | '.join(_score(score.get(a)) for a in LONG_ATTRIBUTES)
-                 + f' | {_seconds(row.get("stage_wall_seconds", {}).get("diti"))} |')
+                 + f' | {row.get("stage_steps", {}).get("diti")} |')
   if len(found) > 1:
     def column(key):
       values = [s.get(key) for s in scores]

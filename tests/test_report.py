@@ -179,6 +179,7 @@ def _fake_run(tmp_path):
   dm_config = {'method': 'ddpm', 'seed': 0, 'dataset': {'name': 'shapes'}, 'lr': 1e-4}
   _write(other / 'ddpm' / 'config.json', dm_config)
   _write(other / 'ddpm' / 'results.json', {'steps': 2400})
+  _checkpoint(other / 'ddpm', 2400, [2400, 1, 2])
   configs = {
       'ddpm': dm_config,
       'diti': {'method': 'diti', 'seed': 0, 'dataset': {'name': 'shapes'},
@@ -241,6 +242,7 @@ def test_row_records_provenance_timing_reuse_and_evaluate_numbers(tmp_path, monk
   assert row['stage_wall_seconds'] == {'ddpm': 300.0, 'diti': 301.0, 'sdae': 302.0}
   assert row['stage_images_per_sec'] == {'ddpm': 150.0, 'diti': 151.0, 'sdae': 152.0}
   assert row['stage_steps'] == {'ddpm': 100, 'diti': 200, 'sdae': 300}
+  assert row['stage_checkpoint_digests'] == {'ddpm': None, 'diti': None, 'sdae': None}
   assert set(row['embedding_health']) == {'diti', 'sdae'}
   assert row['dataset'] == 'shapes' and row['device'] == 'cpu x1' and row['note'] == 'a test'
 
@@ -249,6 +251,7 @@ def test_row_records_provenance_timing_reuse_and_evaluate_numbers(tmp_path, monk
   dm = reused['diti']['dm']
   assert dm['config_field'] == 'diti.dm_workdir' and dm['path'] == str(other / 'ddpm')
   assert dm['config_hash'] == dm_hash and dm['steps'] == 2400
+  assert dm['checkpoint_digest']['step'] == 2400
   assert dm['recorded_by'] == {'date': '2026-12-01', 'commit': 'beef123',
                                'command': 'the other command'}
   copied = reused['sdae']['copied_from']
@@ -268,6 +271,24 @@ def test_row_records_provenance_timing_reuse_and_evaluate_numbers(tmp_path, monk
   assert f"Reused: diti's DM from `{other / 'ddpm'}` (diti.dm_workdir); sdae copied from" in history
   assert '| 16 min 48 s | 2.38 GiB | 300 s | 301 s |  | 302 s |' in history
   assert '| 0.812 |  |  |  | 0.935 |' in history
+
+
+def _checkpoint(stage_dir, step, leaves):
+  _write(stage_dir / 'checkpoints' / str(step) / 'fingerprint' / 'metadata', {'leaves': leaves})
+
+
+def test_checkpoint_digest_names_the_newest_state_bit_for_bit(tmp_path):
+  a, b = tmp_path / 'a' / 'diti', tmp_path / 'b' / 'diti'
+  _checkpoint(a, 1000, [1000, 7, 9])
+  _checkpoint(a, 2000, [2000, 8, 9])
+  (a / 'checkpoints' / '3000.orbax-checkpoint-tmp-1').mkdir()  # unfinished: not a checkpoint
+  _checkpoint(b, 2000, [2000, 8, 9])
+  digest = pipeline_row.checkpoint_digest(a)
+  assert digest['step'] == 2000 and len(digest['sha256']) == 16
+  assert pipeline_row.checkpoint_digest(b) == digest  # the same state in another run
+  _checkpoint(b, 2000, [2000, 8, 10])  # one leaf differs
+  assert pipeline_row.checkpoint_digest(b)['sha256'] != digest['sha256']
+  assert pipeline_row.checkpoint_digest(tmp_path / 'none') is None
 
 
 def test_row_of_a_busy_machine_and_a_time_log_of_another_run(tmp_path, monkeypatch):
