@@ -260,6 +260,18 @@ def paper_scale_pipeline(config: ml_collections.ConfigDict, *, num_train_steps: 
   config.diti.sampling_shift = 'official'
 
 
+def split_pipeline(pipeline) -> tuple[str, ...]:
+  """`config.pipeline` as a tuple of stage names.
+
+  On the command line `--config.pipeline=ddpm,sdae,evaluate` reaches the config as the one
+  string 'ddpm,sdae,evaluate' (ml_collections parses a tuple only from `('ddpm','sdae')`), so
+  entries are split at commas: both spellings name the same stages.
+  """
+  if isinstance(pipeline, str):
+    pipeline = (pipeline,)
+  return tuple(stage.strip() for entry in pipeline for stage in entry.split(',') if stage.strip())
+
+
 def _check_choice(path: str, value, valid) -> None:
   if value not in valid:
     raise ValueError(f'config.{path}={value!r} is not valid; choose one of {list(valid)}.')

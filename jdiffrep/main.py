@@ -76,6 +76,7 @@ def main(argv):
   distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   logging.info('JAX %s on %d %s device(s).', jax.__version__, jax.device_count(),
                jax.default_backend())
+  _CONFIG.value.pipeline = config_lib.split_pipeline(_CONFIG.value.pipeline)
   if _COMPILE_ONLY.value:
     config_lib.validate_config(_CONFIG.value)
     for stage, stage_config in training_stage_configs(_CONFIG.value):

@@ -38,6 +38,17 @@ def test_overrides_are_applied():
   assert config.optim.learning_rate == 0.5 and config.dataset.data_dir == '/x'
 
 
+@pytest.mark.parametrize('override', ['--config.pipeline=ddpm,sdae,evaluate',
+                                      "--config.pipeline=('ddpm','sdae','evaluate')",
+                                      '--config.pipeline=ddpm, sdae ,evaluate'])
+def test_a_pipeline_given_on_the_command_line_names_its_stages(override):
+  config = _parse(override)
+  config.pipeline = config_lib.split_pipeline(config.pipeline)  # as jdiffrep.main does
+  assert config.pipeline == ('ddpm', 'sdae', 'evaluate')
+  config_lib.validate_config(config)
+  assert config_lib.split_pipeline('diti') == ('diti',) and config_lib.split_pipeline(()) == ()
+
+
 def test_unknown_key_is_an_error_that_names_it():
   with pytest.raises(Exception, match='batchsize'):
     _parse('--config.batchsize=24')
