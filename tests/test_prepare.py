@@ -434,6 +434,32 @@ def test_folder_with_class_csv_and_split_folders(tmp_path):
   np.testing.assert_array_equal(pipeline.to_uint8(test_data['image']), images['test/w.png'][None])
 
 
+def test_a_class_sorted_folder_is_sliced_and_limited_across_its_classes(tmp_path):
+  """A folder sorted by class (500 MNIST digits of each class in file order, say): the probes'
+  held-out 'train[90%:]' and a limit must not be the last or first block of one class."""
+  names = [f'c{c}/img{i:02d}.png' for c in range(3) for i in range(12)]
+  _write_folder(tmp_path / 'src', names, size=(8, 8))
+  csv = tmp_path / 'labels.csv'
+  csv.write_text('filename,label\n' + ''.join(f'{n},{n[1]}\n' for n in names))
+  prepare.prepare('folder', str(tmp_path / 'src'), str(tmp_path / 'tfds'), resolution=8,
+                  name='sorted', labels_csv=str(csv), test_fraction=0.2)
+  config = _dataset_config('folder', tmp_path / 'tfds', 8, tfds_config='sorted')
+  whole = _read_split(config, 'train')
+  labels = whole['labels']['label']
+  assert list(labels) == sorted(labels)  # records keep the folder's order
+  train, held = (_read_split(config, s) for s in ('train[:90%]', 'train[90%:]'))
+  assert len(train['image']) + len(held['image']) == len(labels)
+  assert len(held['image']) == len(labels) - len(labels) * 90 // 100
+  assert len(set(held['labels']['label'])) >= 2  # the last 10% of records: class 2 only
+  # The two slices partition the split: every image once.
+  key = lambda images: sorted(map(bytes, pipeline.to_uint8(images)))
+  assert key(np.concatenate([train['image'], held['image']])) == key(whole['image'])
+  limited = list(pipeline.iterate_split(config, 'train', 64, limit=6))[0]
+  assert len(set(limited['labels']['label'])) >= 2  # the first 6 records: class 0 only
+  again = list(pipeline.iterate_split(config, 'train', 64, limit=6))[0]
+  np.testing.assert_array_equal(again['image'], limited['image'])  # one fixed permutation
+
+
 # ------------------------------------------------------------------------------------- errors
 
 

@@ -12,6 +12,7 @@ seen.
 from __future__ import annotations
 
 import functools
+import re
 from typing import Iterator
 
 import grain
@@ -105,14 +106,41 @@ def _stack_examples(examples: list[dict]) -> dict:
   return np.stack([np.asarray(e) for e in examples])
 
 
+SOURCE_ORDER_SEED = 0  # the one permutation of a split kept in its source's file order
+_PERCENT_SLICE = re.compile(r'(\w+)\[(?:(\d+)%)?:(?:(\d+)%)?\]')  # 'train[90%:]', 'train[:90%]'
+
+
+def split_records(dataset_config, split: str, limit: int | None = None) -> grain.MapDataset:
+  """The records of `split` (a split name or a percent slice such as 'train[90%:]'), at most
+  `limit` of them.
+
+  A dataset whose records keep its source's file order (`DatasetSpec.records_in_source_order`:
+  an image folder is often sorted by class) is read, when sliced or limited, through one fixed
+  random permutation of the whole split, so the probes' held-out 10% and a `limit` are samples
+  of every class, not the last or first block of sorted files. Otherwise records come in order.
+  """
+  spec = registry.get_spec(dataset_config.name)
+  match = _PERCENT_SLICE.fullmatch(split)
+  if spec.records_in_source_order and (match or limit is not None):
+    base = match.group(1) if match else split
+    dataset = grain.MapDataset.source(registry.open_source(dataset_config, base))
+    dataset = dataset.shuffle(seed=SOURCE_ORDER_SEED)
+    if match:
+      size = len(dataset)
+      start, stop = int(match.group(2) or 0), int(match.group(3) or 100)
+      dataset = dataset[size * start // 100:size * stop // 100]
+  else:
+    dataset = grain.MapDataset.source(registry.open_source(dataset_config, split))
+  if limit is not None:
+    dataset = dataset[:min(limit, len(dataset))]
+  return dataset
+
+
 def iterate_split(dataset_config, split: str, batch_size: int,
                   limit: int | None = None) -> Iterator[dict]:
-  """Unshuffled, unflipped batches of `split` in record order (the last may be smaller)."""
+  """Unshuffled, unflipped batches of `split` (`split_records`; the last may be smaller)."""
   spec = registry.get_spec(dataset_config.name)
-  source = registry.open_source(dataset_config, split)
-  dataset = grain.MapDataset.source(source)
-  if limit is not None:
-    dataset = dataset[:min(limit, len(source))]
+  dataset = split_records(dataset_config, split, limit)
   dataset = dataset.map(functools.partial(preprocess, spec=spec,
                                           resolution=dataset_config.resolution))
   dataset = dataset.batch(batch_size, drop_remainder=False)

@@ -42,7 +42,8 @@ class DatasetSpec:
     tfds_name: the TFDS builder name and config, formatted with `tfds_config` and
       `resolution`, e.g. 'shapes/{tfds_config}' or 'jdiffrep_celeba/{resolution}'.
     train_split / eval_split: TFDS split names.
-    validation_split: the split the probes choose epochs and t on; None: the last 10% of train.
+    validation_split: the split the probes choose epochs and t on; None: 10% of train (the last
+      10% of its records, or a fixed random 10% with `records_in_source_order`).
     attribute_names: names of the binary attributes, if the examples carry them.
     crop: the (top, left, height, width) box `jdiffrep.prepare` cuts from every original image
       before resizing; None: the centred square.
@@ -70,7 +71,10 @@ class DatasetSpec:
   tfds_name: str
   train_split: str = 'train'
   eval_split: str = 'test'
-  validation_split: str | None = None  # None: probes hold out the last 10% of train
+  validation_split: str | None = None  # None: probes hold out 10% of train
+  # Records in the source's file order (a folder may be sorted by class): slices and limits are
+  # taken of a fixed random permutation (`pipeline.split_records`).
+  records_in_source_order: bool = False
   attribute_names: tuple[str, ...] | None = None  # names of the binary attributes, if any
   crop: tuple[int, int, int, int] | None = None
   resize: str = 'bicubic'
@@ -170,7 +174,7 @@ DATASETS: dict[str, DatasetSpec] = {
     # Any image folder; config.dataset.tfds_config names the prepared folder (--name=...).
     'folder': DatasetSpec(
         name='folder', tfds_name='jdiffrep_folder/{tfds_config}_{resolution}', eval_split='test',
-        reader='read_image_folder',
+        reader='read_image_folder', records_in_source_order=True,
         prepare_hint=_prepare_hint('folder', 'YOUR_IMAGE_DIR',
                                    ' --name={tfds_config} [--labels_csv=FILE.csv]')),
 }

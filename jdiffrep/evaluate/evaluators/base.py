@@ -47,7 +47,8 @@ class Stage:
 
 
 def split_names(spec: registry.DatasetSpec) -> dict[str, str]:
-  """{'train', 'validation', 'test'} -> the dataset's split (validation: 10% of train if none)."""
+  """{'train', 'validation', 'test'} -> the dataset's split (validation: 10% of train if none;
+  `pipeline.split_records` draws it at random where records keep a folder's sorted order)."""
   if spec.validation_split:
     return {'train': spec.train_split, 'validation': spec.validation_split,
             'test': spec.eval_split}
