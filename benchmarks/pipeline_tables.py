@@ -414,8 +414,10 @@ def render_long_history(rows: list[dict]) -> str:
 
 # {README path relative to the repository root: {block name: renderer of the rows}}
 BLOCKS: dict[str, dict[str, Callable[[list[dict]], str]]] = {
-    'README.md': {'shapes_default': render_default},
+    'README.md': {'shapes_default': render_default, 'shapes_long_seeds': render_long_seeds},
     'benchmarks/README.md': {
+        'shapes_long_seeds': render_long_seeds,
+        'shapes_long_diti': render_long_history,
         'shapes_ssl': render_ssl,
         'shapes_pipelines': render_history,
         'shapes_default20f': render_run('runs/default20f'),

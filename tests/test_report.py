@@ -74,8 +74,9 @@ def test_the_default_runs_prose_in_readme_quotes_only_recorded_numbers():
   table are values of some row in benchmarks/results (to the digits quoted)."""
   text = _read('README.md')
   prose = text[text.index('Run 1 writes'):text.index('Each training stage')]
-  begin, end = pipeline_tables.markers('shapes_default')
-  prose = prose[:prose.index(begin)] + prose[prose.index(end):]
+  for name in pipeline_tables.BLOCKS['README.md']:  # the tables: checked against their rows
+    begin, end = pipeline_tables.markers(name)
+    prose = prose[:prose.index(begin)] + prose[prose.index(end):]
   two, three = _recorded_numbers()
   scores = re.findall(r'(?<![\d.])0\.\d{2,3}(?!\d)', prose)
   assert len(scores) >= 8
