@@ -24,11 +24,19 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-_RESULTS = flags.DEFINE_string('results', 'benchmarks/results/cpu_shapes_v1_1_experiments.jsonl',
-                               'JSONL with checkpoint-probe rows.')
-_BASELINE = flags.DEFINE_string('baseline', None, 'An evaluate stage results.json (pixel lines).')
-_OUT = flags.DEFINE_string('out', 'benchmarks/results/cpu_shapes_learning_curves.png',
-                           'Where the PNG goes.')
+_FLAGS: dict = {}
+
+
+def _define_flags() -> None:
+  """Flags of the command line only (tests import this module beside others with --out)."""
+  _FLAGS.update(
+      results=flags.DEFINE_string('results',
+                                  'benchmarks/results/cpu_shapes_v1_1_experiments.jsonl',
+                                  'JSONL with checkpoint-probe rows.'),
+      baseline=flags.DEFINE_string('baseline', None,
+                                   'An evaluate stage results.json (pixel lines).'),
+      out=flags.DEFINE_string('out', 'benchmarks/results/cpu_shapes_learning_curves.png',
+                              'Where the PNG goes.'))
 
 
 def curves(rows: list[dict]) -> dict[str, list[dict]]:
@@ -72,18 +80,20 @@ def plot(runs: dict[str, list[dict]], out: str, baseline: dict | None = None) ->
 
 def main(argv):
   del argv
-  with open(_RESULTS.value) as f:
+  results, baseline_path, out = (_FLAGS[name].value for name in ('results', 'baseline', 'out'))
+  with open(results) as f:
     rows = [json.loads(line) for line in f if line.strip()]
   runs = curves(rows)
   if not runs:
-    raise SystemExit(f'No checkpoint-probe rows (with "probe" and "step") in {_RESULTS.value}.')
+    raise SystemExit(f'No checkpoint-probe rows (with "probe" and "step") in {results}.')
   baseline = None
-  if _BASELINE.value:
-    with open(_BASELINE.value) as f:
+  if baseline_path:
+    with open(baseline_path) as f:
       baseline = json.load(f)
-  plot(runs, _OUT.value, baseline)
-  print(f'Wrote {_OUT.value} ({len(runs)} runs: {", ".join(runs)}).')
+  plot(runs, out, baseline)
+  print(f'Wrote {out} ({len(runs)} runs: {", ".join(runs)}).')
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

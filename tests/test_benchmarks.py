@@ -142,3 +142,33 @@ def test_report_puts_one_side_rows_in_the_memory_table_not_the_ratio_table():
   assert '12300' not in ratio_table and '9700' not in ratio_table
   assert '| jdiffrep | 12300 | 6.00 | abcdef0 |' in memory_table
   assert '| torch SDPA | diffusers | 9700 | 4.50 | abcdef0 |' in memory_table
+
+
+def test_every_module_the_tests_import_shares_one_process_without_flag_clashes():
+  """pytest-xdist puts any test files in one worker: their modules' absl flags must not clash.
+
+  (CI once failed when benchmarks.mnist_folder and benchmarks.learning_curves both defined --out
+  at import time.) Collects every `benchmarks` / `jdiffrep` module a test file imports and imports
+  them all in one fresh interpreter.
+  """
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  tests = pathlib.Path(__file__).parent
+  pattern = re.compile(r'^\s*from ((?:benchmarks|jdiffrep)[\w.]*) import (\w+)', re.M)
+  modules = set()
+  for path in tests.glob('test_*.py'):
+    for package, name in pattern.findall(path.read_text()):
+      modules.add(f'{package}.{name}')
+  assert {'benchmarks.mnist_folder', 'benchmarks.learning_curves', 'benchmarks.pipeline_row',
+          'jdiffrep.prepare'} <= modules
+  code = ('import importlib, sys\n'
+          'for name in sys.argv[1:]:\n'
+          '  try:\n'
+          '    importlib.import_module(name)\n'
+          '  except ModuleNotFoundError:\n'  # `from package import function`, not a module
+          '    importlib.import_module(name.rsplit(".", 1)[0])\n')
+  result = subprocess.run([sys.executable, '-c', code, *sorted(modules)], cwd=tests.parent,
+                          capture_output=True, text=True, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
