@@ -137,16 +137,19 @@ def _long_row(seed, diti_map, position, *, commit='c' * 40, dm_hash='d1', **fiel
 
 def test_long_diti_seeds_table_has_each_seed_their_mean_and_range():
   rows = [_long_row(0, 0.962, 0.97, commit='0' * 40, note='old code'),
-          _long_row(0, 0.940, 0.80), _long_row(1, 0.920, 0.60),
+          _long_row(0, 0.940, 0.80), _long_row(1, 0.920, 0.60, commit='e' * 40),
           _long_row(2, 0.990, 0.50, busy=True),  # busy: left out
           _long_row(2, 0.950, 0.90, dm_hash='d2'),  # another DM: not in the seed table
           _long_row(2, 0.910, 0.50)]
   seeds = pipeline_tables.render_long_seeds(rows)
-  assert '3 rows of 2026-12-03 (commit ccccccc)' in seeds and '`/r/dm` (config hash d1)' in seeds
-  assert '| 0 | 0.940 | 0.935 | 0.930 | 0.900 | 1.000 | 0.800 |' in seeds
-  assert '| 1 | 0.920 |' in seeds and '| 2 | 0.910 |' in seeds and '0.990' not in seeds
+  # the newest row of each seed on the newest row's DM, whatever commit each ran on
+  assert '3 rows of 2026-12-03 (commits ccccccc, eeeeeee)' in seeds
+  assert '`/r/dm` (config hash d1)' in seeds
+  assert '| 0 | ccccccc | 0.940 | 0.935 | 0.930 | 0.900 | 1.000 | 0.800 |' in seeds
+  assert '| 1 | eeeeeee | 0.920 |' in seeds and '| 2 | ccccccc | 0.910 |' in seeds
+  assert '0.990' not in seeds and '0.962' not in seeds
   # mean and range of DiTi's mAP and of position, over the three seeds
-  assert '| mean (range) | **0.923** (0.910-0.940) | **0.935** (0.935-0.935) |' in seeds
+  assert '| mean (range) | | **0.923** (0.910-0.940) | **0.935** (0.935-0.935) |' in seeds
   assert '**0.633** (0.500-0.800)' in seeds
   assert 'above raw pixels (test mAP) in 1 of 3 seeds' in seeds
   history = pipeline_tables.render_long_history(rows)
