@@ -156,7 +156,7 @@ def test_every_module_the_tests_import_shares_one_process_without_flag_clashes()
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   tests = pathlib.Path(__file__).parent
-  pattern = re.compile(r'^\s*from ((?:benchmarks|jdiffrep)[\w.]*) import (\w+)', re.M)
+  pattern = re.compile(r'^\s*from ((?:benchmarks|jdiffrep)[\w.]*) import \(?\s*(\w+)', re.M)
   modules = set()
   for path in tests.glob('test_*.py'):
     for package, name in pattern.findall(path.read_text()):
