@@ -316,22 +316,31 @@ def render_run(workdir: str, *, categorical: bool = False) -> Callable[[list[dic
   return render
 
 
-# ---------------------------------------------------------------- long DiTi runs
+# ---------------------------------------------------------------- long stages over seeds
 
-LONG_DITI_COMMAND = re.compile(
-    r'python -m jdiffrep\.main --config=configs/shapes_long\.py:diti,evaluate ')
+LONG_COMMAND = re.compile(
+    r'python -m jdiffrep\.main --config=configs/shapes_long\.py:(\w+),evaluate ')
 LONG_ATTRIBUTES = ('background', 'position', 'shade', 'shape', 'size', 'texture')
+
+
+def long_stage(row: dict) -> str | None:
+  """'diti' for a row of `configs/shapes_long.py:diti,evaluate` (one long stage and its
+  evaluation on a DM from another run), 'sdae' for `:sdae,evaluate`, else None."""
+  if row.get('stage') != 'pipeline':
+    return None
+  match = LONG_COMMAND.search(command_of(row) + ' ')
+  return match.group(1) if match else None
 
 
 def is_long_diti_row(row: dict) -> bool:
   """A row of `configs/shapes_long.py`'s DiTi stage and evaluation on a DM from another run."""
-  return (row.get('stage') == 'pipeline'
-          and LONG_DITI_COMMAND.search(command_of(row) + ' ') is not None)
+  return long_stage(row) == 'diti'
 
 
-def dm_of(row: dict) -> dict:
-  """The frozen DM a DiTi row read: {'path', 'config_hash', ...} ({} when it trained its own)."""
-  return (row.get('reused_stages') or {}).get('diti', {}).get('dm', {})
+def dm_of(row: dict, stage: str = 'diti') -> dict:
+  """The frozen DM the row's `stage` read: {'path', 'config_hash', ...} ({} when it trained
+  its own)."""
+  return (row.get('reused_stages') or {}).get(stage, {}).get('dm', {})
 
 
 def _diti_scores(row: dict) -> dict:
@@ -344,62 +353,125 @@ def _diti_scores(row: dict) -> dict:
           **row.get('categorical_linear_per_attribute', {}).get('diti', {})}
 
 
+def _sdae_scores(row: dict) -> dict:
+  """sdae's test mAP at the t its validation mAP chose and averaged over t, raw pixels' test
+  mAP and categorical accuracy, sdae's categorical linear / kNN at the t the categorical
+  validation chose, averaged over t, and per attribute at that t."""
+  attribute = row['attribute_probe_summary']
+  categorical = row['categorical_probe_summary']
+  best, best_categorical = attribute['sdae_best_t'], categorical['sdae_best_t']
+  per_attribute = row.get('categorical_linear_per_attribute', {})
+  return {'map': best['test_mean_ap'], 'map_t': best['t'],
+          'map_mean_t': attribute['sdae_mean_t']['test_mean_ap'],
+          'pixels': attribute['pixels']['test_mean_ap'],
+          'linear': best_categorical['linear'], 'linear_t': best_categorical['t'],
+          'linear_mean_t': categorical['sdae_mean_t']['linear'], 'knn': best_categorical['knn'],
+          'pixels_linear': categorical['pixels']['linear'],
+          **per_attribute.get(f'sdae_t{best_categorical["t"]}', {})}
+
+
+# Per long stage: (its name in prose, its scores, the table's columns as (header, score key,
+# key of the t that score was read at or None)).
+_LONG_STAGES = {
+    'diti': ('DiTi', _diti_scores, [
+        ('DiTi test mAP', 'map', None), ('raw pixels test mAP', 'pixels', None),
+        ('categorical linear', 'linear', None), ('kNN', 'knn', None),
+        *((a, a, None) for a in LONG_ATTRIBUTES)]),
+    'sdae': ('sdae', _sdae_scores, [
+        ('sdae test mAP, best t', 'map', 'map_t'), ('mean over t', 'map_mean_t', None),
+        ('raw pixels test mAP', 'pixels', None),
+        ('categorical linear, best t', 'linear', 'linear_t'),
+        ('mean over t', 'linear_mean_t', None), ('kNN, best t', 'knn', None),
+        ('raw pixels categorical', 'pixels_linear', None),
+        *((a, a, None) for a in LONG_ATTRIBUTES)]),
+}
+
+
 def _mean_range(values: list[float]) -> str:
   return f'**{sum(values) / len(values):.3f}** ({min(values):.3f}-{max(values):.3f})'
 
 
-def seed_rows(rows: list[dict]) -> list[dict]:
-  """The long DiTi rows that are not busy on the DM of the newest one, the newest per seed, by
-  seed. Their commits may differ, and the table names each: seeds added later on a newer commit
-  join the older seeds; a newer row of a seed replaces the older one."""
-  found = [r for r in rows if is_long_diti_row(r) and not records_lib.is_busy(r)]
+def seed_rows(rows: list[dict], stage: str = 'diti') -> list[dict]:
+  """The long `stage` rows on the DM of the newest one, the newest per seed, by seed.
+
+  Busy rows count: load changes a run's timing, not its arithmetic (the DM trained under load
+  and the one trained idle have the same checkpoint digest); their wall times are not shown.
+  Commits may differ, and the table names each: seeds added later on a newer commit join the
+  older seeds; a newer row of a seed replaces the older one.
+  """
+  found = [r for r in rows if long_stage(r) == stage]
   if not found:
-    raise ValueError('no long DiTi row that is not busy; record one with `python -m '
+    raise ValueError(f'no long {_LONG_STAGES[stage][0]} row; record one with `python -m '
                      'benchmarks.pipeline_row`')
-  last = found[-1]
-  same = [r for r in found if dm_of(r).get('config_hash') == dm_of(last).get('config_hash')
-          and dm_of(r).get('path') == dm_of(last).get('path')]
+  last = dm_of(found[-1], stage)
+  same = [r for r in found if dm_of(r, stage).get('config_hash') == last.get('config_hash')
+          and dm_of(r, stage).get('path') == last.get('path')]
   return sorted({r.get('seed'): r for r in same}.values(), key=lambda r: r.get('seed') or 0)
 
 
-def render_long_seeds(rows: list[dict]) -> str:
-  """The long DiTi stage over seeds on one DM: per seed, then mean and range, and how many seeds
-  score above raw pixels."""
-  found = seed_rows(rows)
-  scores = [_diti_scores(r) for r in found]
-  header = (['seed', 'commit', 'DiTi test mAP', 'raw pixels test mAP', 'categorical linear', 'kNN']
-            + list(LONG_ATTRIBUTES) + ['DiTi steps'])
+def _stage_wall(row: dict, stage: str) -> str:
+  """The stage's wall time, or 'busy' when the row's timings cannot be trusted."""
+  if records_lib.is_busy(row):
+    return 'busy'
+  return _minutes(row.get('stage_wall_seconds', {}).get(stage))
+
+
+def render_long_seeds(rows: list[dict], stage: str = 'diti') -> str:
+  """A long stage over seeds on one DM: per seed, then mean and range, and how many seeds score
+  above raw pixels."""
+  name, scores_of, columns = _LONG_STAGES[stage]
+  found = seed_rows(rows, stage)
+  scores = [scores_of(r) for r in found]
+  header = (['seed', 'commit'] + [h for h, _, _ in columns]
+            + [f'{name} steps', f'{name} stage wall'])
   lines = ['| ' + ' | '.join(header) + ' |', '| --- ' * len(header) + '|']
   for row, score in zip(found, scores):
-    lines.append(f'| {row.get("seed")} | {short_commit(row)} | {_score(score["map"])} '
-                 f'| {_score(score["pixels"])} '
-                 f'| {_score(score["linear"])} | {_score(score["knn"])} | '
-                 + ' | '.join(_score(score.get(a)) for a in LONG_ATTRIBUTES)
-                 + f' | {row.get("stage_steps", {}).get("diti")} |')
+    cells = [_score(score.get(key)) + (f' (t = {score[t]})' if t else '')
+             for _, key, t in columns]
+    lines.append(f'| {row.get("seed")} | {short_commit(row)} | ' + ' | '.join(cells)
+                 + f' | {row.get("stage_steps", {}).get(stage)} | {_stage_wall(row, stage)} |')
   if len(found) > 1:
     def column(key):
       values = [s.get(key) for s in scores]
       return _mean_range(values) if None not in values else ''
-    lines.append('| mean (range) | | ' + ' | '.join(
-        column(k) for k in ('map', 'pixels', 'linear', 'knn', *LONG_ATTRIBUTES)) + ' | |')
+    lines.append('| mean (range) | | ' + ' | '.join(column(k) for _, k, _ in columns)
+                 + ' | | |')
   above = sum(s['map'] > s['pixels'] for s in scores if s['pixels'] is not None)
-  dm = dm_of(found[-1])
+  verdict = (f'{name} scores above raw pixels (test mAP) in {above} of {len(found)} '
+             f'{"seed" if len(found) == 1 else "seeds"}')
+  if stage == 'sdae':
+    above_linear = sum(s['linear'] > s['pixels_linear'] for s in scores)
+    verdict += (f' at its best t, and in categorical accuracy in {above_linear} of '
+                f'{len(found)}')
+  dm = dm_of(found[-1], stage)
   commands = '; '.join(f'`{r["command"]}`' for r in found)
   dates = sorted({r['date'][:10] for r in found})
   commits = list(dict.fromkeys(short_commit(r) for r in found))
+  busy = sum(records_lib.is_busy(r) for r in found)
+  notes = [f'{verdict}.']
+  if stage == 'sdae':
+    notes.append('Per attribute: categorical linear accuracy at the categorical best t.')
+  if busy:
+    what = ('its score counts, its wall time is' if busy == 1
+            else 'their scores count, their wall times are')
+    notes.append(f'{busy} of the {len(found)} runs shared the machine (busy): {what} not shown.')
   return '\n'.join([
       f'Generated by `python -m benchmarks.report` from {len(found)} '
       f'{"row" if len(found) == 1 else "rows"} of {", ".join(dates)} '
       f'({"commit" if len(commits) == 1 else "commits"} {", ".join(commits)}) '
       f'in `{RESULTS_LINK}`, one per seed, all on the DM of '
       f'`{dm.get("path")}` (config hash {dm.get("config_hash")}): {commands}.', '', *lines, '',
-      f'DiTi scores above raw pixels (test mAP) in {above} of {len(found)} '
-      f'{"seed" if len(found) == 1 else "seeds"}.']) + '\n'
+      ' '.join(notes)]) + '\n'
+
+
+def render_long_sdae_seeds(rows: list[dict]) -> str:
+  return render_long_seeds(rows, 'sdae')
 
 
 def render_long_history(rows: list[dict]) -> str:
-  """Every long DiTi row that is not busy, oldest first: the code and DM each ran on."""
-  found = [r for r in rows if is_long_diti_row(r) and not records_lib.is_busy(r)]
+  """Every long DiTi row, oldest first: the code and DM each ran on (busy ones too: the table
+  shows no timing)."""
+  found = [r for r in rows if is_long_diti_row(r)]
   lines = ['| date | commit | command | DM (config hash) | DiTi steps | DiTi test mAP | '
            'categorical linear | position | raw pixels test mAP | note |', '| --- ' * 10 + '|']
   for row in found:
@@ -418,9 +490,11 @@ def render_long_history(rows: list[dict]) -> str:
 
 # {README path relative to the repository root: {block name: renderer of the rows}}
 BLOCKS: dict[str, dict[str, Callable[[list[dict]], str]]] = {
-    'README.md': {'shapes_default': render_default, 'shapes_long_seeds': render_long_seeds},
+    'README.md': {'shapes_default': render_default, 'shapes_long_seeds': render_long_seeds,
+                  'shapes_long_sdae_seeds': render_long_sdae_seeds},
     'benchmarks/README.md': {
         'shapes_long_seeds': render_long_seeds,
+        'shapes_long_sdae_seeds': render_long_sdae_seeds,
         'shapes_long_diti': render_long_history,
         'shapes_ssl': render_ssl,
         'shapes_pipelines': render_history,

@@ -7,6 +7,9 @@
   normalised singular values of the centred embedding matrix; from 1 (all embeddings on a line)
   to min(B, d) (every direction used alike). A dimensional collapse shows here while the std
   still looks healthy.
+- For a method whose denoiser is conditioned on its own embedding (sdae), `z_reliance`: the
+  denoising loss with another image's z over the loss with the image's own z. Near 1 the
+  denoiser ignores z, and the loss no longer asks the encoder to tell images apart.
 """
 
 from __future__ import annotations
@@ -31,3 +34,12 @@ def embedding_health(z: jax.Array) -> dict[str, jax.Array]:
   return {'std_mean': jnp.mean(std), 'std_min': jnp.min(std),
           'std_reference': jnp.asarray(1.0 / z.shape[-1] ** 0.5, jnp.float32),
           'effective_rank': effective_rank(z)}
+
+
+def method_health(method, params, images: jax.Array) -> dict[str, jax.Array]:
+  """`embedding_health` of `method.embedding(params, images)`, plus `z_reliance` for a method
+  that has one (sdae: `SDAE.z_reliance`)."""
+  out = embedding_health(method.embedding(params, images))
+  if hasattr(method, 'z_reliance'):
+    out['z_reliance'] = method.z_reliance(params, images)
+  return out

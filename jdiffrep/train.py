@@ -69,7 +69,8 @@ def method_optimizer(config: ml_collections.ConfigDict, method
 
 def make_health_fn(method, images: jax.Array):
   """state -> {'health/<name>': float} of the online and 'health_ema/...' of the EMA embedding
-  of `images` (`jdiffrep.health`), or None when the method learns no embedding."""
+  of `images` (`jdiffrep.health`), and for a method with `z_reliance` (sdae) how much its
+  denoiser uses the embedding; None when the method learns no embedding."""
   if not hasattr(method, 'embedding') or not images.shape[0]:
     return None
 
@@ -77,7 +78,7 @@ def make_health_fn(method, images: jax.Array):
   def health(params, ema_params, images):  # parameters as arguments, never folded constants
     return {f'{prefix}/{name}': value
             for prefix, tree in (('health', params), ('health_ema', ema_params))
-            for name, value in health_lib.embedding_health(method.embedding(tree, images)).items()}
+            for name, value in health_lib.method_health(method, tree, images).items()}
 
   return lambda state: {k: float(v) for k, v in
                         jax.device_get(health(state.params, state.ema_params, images)).items()}

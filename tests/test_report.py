@@ -138,27 +138,74 @@ def _long_row(seed, diti_map, position, *, commit='c' * 40, dm_hash='d1', **fiel
 def test_long_diti_seeds_table_has_each_seed_their_mean_and_range():
   rows = [_long_row(0, 0.962, 0.97, commit='0' * 40, note='old code'),
           _long_row(0, 0.940, 0.80), _long_row(1, 0.920, 0.60, commit='e' * 40),
-          _long_row(2, 0.990, 0.50, busy=True),  # busy: left out
+          _long_row(2, 0.990, 0.50),  # a newer row of seed 2 replaces it
           _long_row(2, 0.950, 0.90, dm_hash='d2'),  # another DM: not in the seed table
-          _long_row(2, 0.910, 0.50)]
+          _long_row(2, 0.910, 0.50, busy=True)]  # busy: its score counts, not its wall time
   seeds = pipeline_tables.render_long_seeds(rows)
   # the newest row of each seed on the newest row's DM, whatever commit each ran on
   assert '3 rows of 2026-12-03 (commits ccccccc, eeeeeee)' in seeds
   assert '`/r/dm` (config hash d1)' in seeds
   assert '| 0 | ccccccc | 0.940 | 0.935 | 0.930 | 0.900 | 1.000 | 0.800 |' in seeds
   assert '| 1 | eeeeeee | 0.920 |' in seeds and '| 2 | ccccccc | 0.910 |' in seeds
+  assert '| 10000 | 30 min 0 s |' in seeds and '| 10000 | 30 min 1 s |' in seeds
+  assert '| 10000 | busy |' in seeds
+  assert '1 of the 3 runs shared the machine (busy): its score counts' in seeds
   assert '0.990' not in seeds and '0.962' not in seeds
   # mean and range of DiTi's mAP and of position, over the three seeds
   assert '| mean (range) | | **0.923** (0.910-0.940) | **0.935** (0.935-0.935) |' in seeds
   assert '**0.633** (0.500-0.800)' in seeds
   assert 'above raw pixels (test mAP) in 1 of 3 seeds' in seeds
   history = pipeline_tables.render_long_history(rows)
-  assert history.count('configs/shapes_long.py:diti,evaluate --workdir') == 5  # busy left out
+  assert history.count('configs/shapes_long.py:diti,evaluate --workdir') == 6  # busy ones too
   assert '| 2026-12-03 | 0000000 |' in history and '| old code |' in history
   assert '| 10000 | 0.962 | 0.952 | 0.970 | 0.935 |' in history
   assert not any(pipeline_tables.is_pipeline_row(r) for r in rows)  # not in the default history
   with pytest.raises(ValueError, match='no long DiTi row'):
     pipeline_tables.render_long_seeds([_row()])
+
+
+def _long_sdae_row(seed, best_map, best_linear, *, dm_hash='d1', **fields):
+  command = ('python -m jdiffrep.main --config=configs/shapes_long.py:sdae,evaluate '
+             f'--workdir=runs/long_sdae_s{seed} --config.sdae.dm_workdir=runs/dm '
+             f'--config.seed={seed}')
+  row = _row(command=command, seed=seed, stage_steps={'sdae': 14_000},
+             stage_wall_seconds={'sdae': 4200.0},
+             attribute_probe_summary={
+                 'sdae_best_t': {'t': 0, 'test_mean_ap': best_map},
+                 'sdae_mean_t': {'test_mean_ap': best_map - 0.01},
+                 'pixels': {'test_mean_ap': 0.935}},
+             categorical_probe_summary={
+                 'sdae_best_t': {'t': 100, 'linear': best_linear, 'knn': 0.95},
+                 'sdae_mean_t': {'linear': best_linear + 0.001, 'knn': 0.96},
+                 'pixels': {'linear': 0.932, 'knn': 0.87}},
+             categorical_linear_per_attribute={
+                 'sdae_t0': dict.fromkeys(pipeline_tables.LONG_ATTRIBUTES, 0.5),
+                 'sdae_t100': {'background': 1.0, 'position': 0.98 - seed / 100, 'shade': 1.0,
+                               'shape': 0.94, 'size': 0.98, 'texture': 0.93}},
+             reused_stages={'sdae': {'dm': {'path': '/r/dm', 'config_hash': dm_hash,
+                                            'config_field': 'sdae.dm_workdir'}}})
+  row.update(fields)
+  return row
+
+
+def test_long_sdae_seeds_table_reads_each_score_at_the_t_validation_chose():
+  rows = [_long_sdae_row(0, 0.940, 0.974, busy=True), _long_sdae_row(1, 0.930, 0.960),
+          _long_sdae_row(2, 0.915, 0.930, dm_hash='d0'),  # another DM: left out
+          _long_sdae_row(2, 0.950, 0.980), _long_row(3, 0.99, 1.0)]  # a DiTi row: left out
+  seeds = pipeline_tables.render_long_sdae_seeds(rows)
+  assert '3 rows of 2026-12-03' in seeds and '--config.seed=3' not in seeds
+  # best t of the attribute probe (t = 0) and of the categorical one (t = 100), each stated;
+  # the per-attribute columns at the categorical best t (sdae_t100, not sdae_t0)
+  assert ('| 0 | aaaaaaa | 0.940 (t = 0) | 0.930 | 0.935 | 0.974 (t = 100) | 0.975 | 0.950 '
+          '| 0.932 | 1.000 | 0.980 | 1.000 | 0.940 | 0.980 | 0.930 | 14000 | busy |') in seeds
+  assert '| 1 | aaaaaaa | 0.930 (t = 0) |' in seeds and '| 70 min 0 s |' in seeds
+  assert '0.915' not in seeds
+  assert '| mean (range) | | **0.940** (0.930-0.950) | **0.930** (0.920-0.940) |' in seeds
+  assert '**0.970** (0.960-0.980)' in seeds  # position over the three seeds
+  assert ('sdae scores above raw pixels (test mAP) in 2 of 3 seeds at its best t, and in '
+          'categorical accuracy in 3 of 3') in seeds
+  with pytest.raises(ValueError, match='no long sdae row'):
+    pipeline_tables.render_long_sdae_seeds([_long_row(0, 0.9, 1.0)])
 
 
 def test_replace_block_keeps_the_rest_and_needs_both_markers():

@@ -220,11 +220,40 @@ def test_trainer_warm_starts_once_and_resumes_from_its_checkpoint(tiny_config, d
   # A resumed run continues from its own checkpoint; the DM is not loaded over it again.
   tiny_config.optim.learning_rate = 1e-3
   tiny_config.num_train_steps = 3
-  train.train_and_evaluate(tiny_config, workdir)
+  tiny_config.log_every_steps = 3
+  results = train.train_and_evaluate(tiny_config, workdir)
+  # the health sdae logs includes how much its denoiser uses z
+  assert {'health/z_reliance', 'health_ema/z_reliance'} <= set(results['embedding_health'])
+  assert np.isfinite(results['embedding_health']['health/z_reliance'])
   moved = checkpoint.load_trained_params(os.path.join(workdir, 'checkpoints'),
                                          method.abstract_params(), what='sdae', key='params')
   assert max(float(np.abs(a - b).max()) for a, b in
              zip(jax.tree.leaves(moved['denoiser']), jax.tree.leaves(warm))) > 0
+
+
+def test_z_reliance_is_one_exactly_when_another_images_z_changes_nothing(tiny_config):
+  x0 = _images(n=4)
+  method = _method(tiny_config, encoder_input='x_0')
+  params = method.init_params(jax.random.PRNGKey(0))
+  # DiT's output layer starts at zero (adaLN-zero): perturb every weight so the output moves
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+  params = jax.tree.unflatten(tree, [p + 0.05 * jax.random.normal(k, p.shape)
+                                     for p, k in zip(leaves, keys)])
+  # and make z's projection large, so that z moves the condition as much as t does
+  params['z_proj']['kernel'] = params['z_proj']['kernel'] * 100
+  ratio = float(method.z_reliance(params, x0))
+  assert np.isfinite(ratio) and abs(ratio - 1.0) > 1e-4  # the denoiser reads z
+  # a denoiser whose z projection is zero ignores z: the ratio is 1
+  deaf = dict(params, z_proj=dict(params['z_proj'],
+                                  kernel=jnp.zeros_like(params['z_proj']['kernel'])))
+  assert float(method.z_reliance(deaf, x0)) == pytest.approx(1.0, abs=1e-6)
+  # the x_0 encoder on a batch of one image repeated: the next image's z is the image's own
+  same = jnp.broadcast_to(x0[:1], x0.shape)
+  assert float(method.z_reliance(params, same)) == pytest.approx(1.0, abs=1e-6)
+  # the x_t encoder reads the next image's own x_t, whose noise differs: not 1
+  on_chain = _method(tiny_config, encoder_input='x_t')
+  assert abs(float(on_chain.z_reliance(params, same)) - 1.0) > 1e-4
 
 
 @pytest.mark.slow

@@ -155,6 +155,30 @@ class SDAE:
     """The embedding whose health training logs (`jdiffrep.health`): z_0, fixed noise."""
     return self.embed(params, x0, 0, jax.random.PRNGKey(0))
 
+  def z_reliance(self, params, x0: jax.Array) -> jax.Array:
+    """How much the denoiser uses z: its loss on x0 [B, H, W, C] when each image is denoised
+    with the next image's z_t (same t, that image's own x_t), over its loss with its own z_t.
+
+    t is spread evenly over [0, T) across the batch, the noise fixed. About 1 when the denoiser
+    ignores z: then the loss gives the encoder no reason to tell images apart, and its embedding
+    collapses (`jdiffrep.health`). An x_t encoder sees nothing the denoiser does not, so only
+    what z adds to the denoiser's own computation keeps it above 1.
+    """
+    n = x0.shape[0]
+    t = (jnp.arange(n) * self.schedule.num_timesteps // n).astype(jnp.int32)
+    eps = jax.random.normal(jax.random.PRNGKey(0), x0.shape, jnp.float32)
+    x_t = diffusion.q_sample(self.schedule, x0, t, eps)
+    x0_next, eps_next = jnp.roll(x0, -1, axis=0), jnp.roll(eps, -1, axis=0)
+    x_t_next = diffusion.q_sample(self.schedule, x0_next, t, eps_next)
+    z_own = self.encode(params, self._encoder_view(x0, x_t), t)
+    z_next = self.encode(params, self._encoder_view(x0_next, x_t_next), t)
+
+    def loss_with(z):
+      output = self.model.apply({'params': params}, x_t, t, z, method=self.model.denoise)
+      return self._denoising_loss(output, x0, x_t, t, eps)
+
+    return loss_with(z_next) / loss_with(z_own)
+
   def _denoising_loss(self, output, x0, x_t, t, eps) -> jax.Array:
     """'uniform': MSE on the prediction target. 'pdae': eps MSE times PDAE's w_t (as DiTi)."""
     if self.loss_weight == 'uniform':
