@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import stage_health
 from jdiffrep import diffusion
 from jdiffrep import checkpoint
 from jdiffrep import methods
@@ -225,6 +226,14 @@ def test_trainer_warm_starts_once_and_resumes_from_its_checkpoint(tiny_config, d
   # the health sdae logs includes how much its denoiser uses z
   assert {'health/z_reliance', 'health_ema/z_reliance'} <= set(results['embedding_health'])
   assert np.isfinite(results['embedding_health']['health/z_reliance'])
+  # benchmarks.stage_health reads the same health back from the finished stage's checkpoint
+  read_back = stage_health.stage_health(workdir)
+  assert read_back['step'] == 3
+  for name in ('z_reliance', 'std_mean', 'effective_rank'):
+    assert read_back[name] == pytest.approx(results['embedding_health'][f'health_ema/{name}'],
+                                            rel=1e-5)
+  with pytest.raises(FileNotFoundError, match='one training stage'):
+    stage_health.stage_health(dm_root)
   moved = checkpoint.load_trained_params(os.path.join(workdir, 'checkpoints'),
                                          method.abstract_params(), what='sdae', key='params')
   assert max(float(np.abs(a - b).max()) for a, b in
