@@ -5,14 +5,17 @@
 embedding and, for sdae, `z_reliance` (how much its denoiser uses z). Training logs the same
 numbers; this reads them for runs made before a diagnostic existed, or at another batch.
 
-  python -m benchmarks.stage_health --workdir=runs/mnist_a/sdae --workdir=runs/mnist_b/sdae
+  python -m benchmarks.stage_health --workdir=runs/mnist_a/sdae --workdir=runs/mnist_b/sdae \
+      [--out=benchmarks/results/cpu_stage_health.jsonl]
 
-Prints one JSON line per stage directory.
+Prints one JSON line per stage directory, with the date, commit and command (and appends it to
+`--out`).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 
 from absl import app
 from absl import flags
@@ -20,6 +23,7 @@ from etils import epath
 import jax
 import ml_collections
 
+from benchmarks import provenance
 from jdiffrep import checkpoint
 from jdiffrep import health
 from jdiffrep import methods
@@ -34,7 +38,8 @@ def _define_flags() -> None:
       workdir=flags.DEFINE_multi_string('workdir', None, 'A finished training stage directory '
                                         '(holding config.json and checkpoints/).'),
       images=flags.DEFINE_integer('images', None, 'Images to measure on (default: the stage '
-                                  "config's health_images)."))
+                                  "config's health_images)."),
+      out=flags.DEFINE_string('out', '-', "JSONL file to append the rows to ('-': print only)."))
 
 
 def stage_health(stage_dir: str, num_images: int | None = None) -> dict:
@@ -62,8 +67,11 @@ def stage_health(stage_dir: str, num_images: int | None = None) -> dict:
 
 def main(argv) -> None:
   del argv
+  command = 'python -m benchmarks.stage_health ' + ' '.join(sys.argv[1:])
   for stage_dir in _FLAGS['workdir'].value:
-    print(json.dumps(stage_health(stage_dir, _FLAGS['images'].value)), flush=True)
+    row = {'date': provenance.utc_now(), 'command': command, 'commit': provenance.commit(),
+           'host': provenance.host(), **stage_health(stage_dir, _FLAGS['images'].value)}
+    provenance.append_row(row, _FLAGS['out'].value)
 
 
 if __name__ == '__main__':
