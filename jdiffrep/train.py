@@ -433,6 +433,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, sigterm
       'compile_seconds': compile_seconds,
       'xla_flops_per_step': flops_per_step,
       'embedding_health': last_health,  # at the last log step; empty for the DM
+      'warnings': health_lib.health_warnings(last_health),
       'wall_seconds': time.time() - wall_start,
       'artifacts': {
           'checkpoints': str(manager.directory),
@@ -441,6 +442,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, sigterm
           'config': str(workdir / 'config.json'),
       },
   }
+  for warning in results['warnings']:
+    logging.warning('%s: %s', workdir, warning)
   if is_chief and not preempted:
     results_path.write_text(json.dumps(results, indent=2))
   logging.info('Done: %s', json.dumps(results))

@@ -226,6 +226,9 @@ def test_trainer_warm_starts_once_and_resumes_from_its_checkpoint(tiny_config, d
   # the health sdae logs includes how much its denoiser uses z
   assert {'health/z_reliance', 'health_ema/z_reliance'} <= set(results['embedding_health'])
   assert np.isfinite(results['embedding_health']['health/z_reliance'])
+  # 3 steps from a small z projection: the denoiser ignores z, and the results say so
+  assert results['embedding_health']['health_ema/z_reliance'] < 1.01
+  assert len(results['warnings']) == 1 and 'z_reliance' in results['warnings'][0]
   # benchmarks.stage_health reads the same health back from the finished stage's checkpoint
   read_back = stage_health.stage_health(workdir)
   assert read_back['step'] == 3

@@ -133,6 +133,14 @@ def test_health_tells_a_spread_embedding_from_a_collapsed_one():
       5.0, rel=2e-2)
 
 
+def test_a_denoiser_that_ignores_z_is_reported_with_the_settings_to_try():
+  assert health.health_warnings({'health_ema/std_mean': 0.01}) == []  # no z_reliance: no sdae
+  assert health.health_warnings({'health_ema/z_reliance': health.LOW_Z_RELIANCE}) == []
+  assert health.health_warnings({'health_ema/z_reliance': 97.5}) == []
+  (warning,) = health.health_warnings({'health_ema/z_reliance': 1.002})
+  assert 'factor 1.002' in warning and 'config.sdae.loss_weight=pdae' in warning
+
+
 @pytest.mark.parametrize('kind', ssl.KINDS)
 def test_ssl_methods_train_the_encoder_with_adam_and_the_head_with_sgd(tiny_config, kind):
   tiny_config.method = kind
