@@ -7,6 +7,9 @@
 The argument is the `--name` the folder was prepared with (default 'images'). With a CSV of
 binary attributes the evaluate stage probes them; with class labels it also trains the
 counterfactual reader. Without labels, add `--config.pipeline=ddpm,diti` (no evaluation).
+sdae joins with `--config.pipeline=ddpm,diti,pdae,sdae,evaluate`: it reads x_0, trains with
+PDAE's loss weight and starts its denoiser from the ddpm stage's DM, the settings that made its
+denoiser use z on an MNIST folder (the paper's reading, the base config's, left z unused there).
 """
 
 from jdiffrep import config as config_lib
@@ -28,4 +31,7 @@ def get_config(arg: str | None = None):
   config.diti.latent_dim = 128
   config.diti.num_subsets = 16
   config.diti.gradient_mode = 'stop_grad'
+  config.sdae.encoder_input = 'x_0'
+  config.sdae.loss_weight = 'pdae'
+  config.sdae.denoiser_init = 'dm'
   return config
