@@ -21,6 +21,7 @@ from absl import app
 from absl import flags
 from etils import epath
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from benchmarks import provenance
@@ -57,7 +58,7 @@ def stage_health(stage_dir: str, num_images: int | None = None) -> dict:
   params = checkpoint.load_trained_params(stage_dir / 'checkpoints', method.abstract_params(),
                                           what=f'{config.method} model')
   num_images = num_images or config.health_images
-  images = jax.numpy.asarray(pipeline.first_images(config.dataset, num_images))
+  images = jnp.asarray(pipeline.first_images(config.dataset, num_images))
   values = jax.jit(lambda p, x: health.method_health(method, p, x))(params, images)
   return {'stage_dir': str(stage_dir),
           'step': checkpoint.latest_step(stage_dir / 'checkpoints'),
