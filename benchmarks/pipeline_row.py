@@ -16,6 +16,11 @@ the READMEs quote: the whole run's wall time and peak RSS (from `/usr/bin/time -
 stage's wall time, images/s, steps and final loss, the embeddings' health, and the evaluate
 stage's probes (test mAP, categorical accuracy, kNN, per attribute) for every representation.
 `python -m benchmarks.report` renders the README tables from these rows.
+
+A run stopped and resumed (SIGTERM saves a checkpoint; the same command continues) is one row
+of several segments: repeat `--time_log`, `--load_avg_start` and `--segment_commit` once per
+segment, in order. The wall time is then their sum, the peak RSS their largest, and each stage
+that resumed says from which step its own wall time counts (`stage_start_steps`).
 """
 
 from __future__ import annotations
@@ -186,14 +191,49 @@ def evaluate_numbers(results: dict) -> dict:
   return row
 
 
-def build_row(workdir: str, command: str, *, time_log: str | None = None, note: str = '',
-              load_avg_start: float | None = None, busy_reasons: tuple[str, ...] = (),
-              commit: str | None = None,
+def _as_list(value) -> list:
+  if value is None:
+    return []
+  return [value] if isinstance(value, (str, int, float, os.PathLike)) else list(value)
+
+
+def _segments(command: str, time_logs: list, loads: list, commits: list) -> list[dict]:
+  """One entry per timed segment of the run: wall time, peak RSS, load at its start, commit."""
+  if len(time_logs) > 1 and (len(loads) not in (0, len(time_logs))
+                             or len(commits) not in (0, len(time_logs))):
+    raise ValueError(f'{len(time_logs)} time logs (segments of one resumed run) need as many '
+                     f'--load_avg_start values ({len(loads)} given) and --segment_commit values '
+                     f'({len(commits)} given), in the same order, or none.')
+  segments = []
+  for i, time_log in enumerate(time_logs):
+    timed = parse_time_log(epath.Path(time_log).read_text())
+    # The interpreter may be named by its path (`.venv/bin/python`) in the log.
+    timed_command = re.sub(r'^\S*/(python[\d.]*) ', r'\1 ', timed.get('timed_command') or '')
+    if timed_command and timed_command not in command:
+      raise ValueError(f'--command {command!r} does not contain the command {time_log} timed, '
+                       f'{timed["timed_command"]!r}: is the time log of another run?')
+    segment = {k: v for k, v in timed.items() if k != 'timed_command'}
+    if len(time_logs) > 1 and loads:
+      segment['load_avg_start'] = loads[i]
+    if len(time_logs) > 1 and commits:
+      segment['commit'] = commits[i]
+    segments.append(segment)
+  return segments
+
+
+def build_row(workdir: str, command: str, *, time_log=None, note: str = '',
+              load_avg_start=None, busy_reasons: tuple[str, ...] = (),
+              commit: str | None = None, segment_commits=(),
               known_rows: list[dict] | None = None) -> dict:
   """The results row of the finished pipeline in `workdir` (see the module docstring).
 
+  time_log, load_avg_start: one value, or one per segment of a resumed run (in order).
+  segment_commits: the commit each segment ran on, for a resumed run.
   known_rows: rows already recorded, to find the run a reused stage came from.
   """
+  time_logs = _as_list(time_log)
+  loads = _as_list(load_avg_start)
+  segments = _segments(command, time_logs, loads, _as_list(segment_commits))
   known_rows = known_rows or []
   workdir_path = paths.absolute(workdir)
   merged = _read_json(workdir_path / 'results.json')
@@ -222,20 +262,23 @@ def build_row(workdir: str, command: str, *, time_log: str | None = None, note: 
   if stage_results:
     any_stage = next(iter(stage_results.values()))
     row['device'] = f'{any_stage.get("device_kind")} x{any_stage.get("devices")}'
-  if time_log:
-    timed = parse_time_log(epath.Path(time_log).read_text())
-    row.update({k: v for k, v in timed.items() if k != 'timed_command'})
-    # The interpreter may be named by its path (`.venv/bin/python`) in the log.
-    timed_command = re.sub(r'^\S*/(python[\d.]*) ', r'\1 ', timed.get('timed_command') or '')
-    if timed_command and timed_command not in command:
-      raise ValueError(f'--command {command!r} does not contain the command {time_log} timed, '
-                       f'{timed["timed_command"]!r}: is the time log of another run?')
-  if load_avg_start is not None:
-    row['load_avg_start'] = load_avg_start
+  if len(segments) == 1:
+    row.update(segments[0])
+  elif segments:
+    row['segments'] = segments
+    walls = [s.get('wall_seconds_total') for s in segments]
+    if None not in walls:
+      row['wall_seconds_total'] = round(sum(walls), 1)
+    peaks = [s['peak_rss_kb'] for s in segments if 'peak_rss_kb' in s]
+    if peaks:
+      row['peak_rss_kb'] = max(peaks)
+  if loads:
+    row['load_avg_start'] = loads[0]
   reasons = list(busy_reasons)
-  if load_avg_start is not None:
-    reasons += records_lib.busy_reasons(load_avg_start, provenance.cores())
-  if load_avg_start is not None or reasons:
+  for i, load in enumerate(loads):
+    found = records_lib.busy_reasons(load, provenance.cores())
+    reasons += [f'segment {i + 1}: {r}' for r in found] if len(loads) > 1 else found
+  if loads or reasons:
     row['busy'] = bool(reasons)
     if reasons:
       row['busy_reasons'] = reasons
@@ -243,6 +286,9 @@ def build_row(workdir: str, command: str, *, time_log: str | None = None, note: 
   row['stage_images_per_sec'] = {s: _round(r.get('images_per_sec'))
                                  for s, r in stage_results.items()}
   row['stage_steps'] = {s: r.get('steps') for s, r in stage_results.items()}
+  resumed = {s: r['start_step'] for s, r in stage_results.items() if r.get('start_step')}
+  if resumed:  # the stage's wall time counts from this step (the segment that finished it)
+    row['stage_start_steps'] = resumed
   row['stage_checkpoint_digests'] = {s: checkpoint_digest(workdir_path / s) for s in training}
   row['stage_batch_size'] = {s: r.get('batch_size') for s, r in stage_results.items()}
   row['stage_final_loss'] = {s: r.get('final_loss') for s, r in stage_results.items()}
@@ -287,13 +333,16 @@ def _define_flags() -> None:
       workdir=flags.DEFINE_string('workdir', None, 'The finished pipeline workdir.'),
       command=flags.DEFINE_string('command', None,
                                   'The exact command that produced the workdir.'),
-      time_log=flags.DEFINE_string('time_log', None,
-                                   'The output of `/usr/bin/time -v` of the run.'),
+      time_log=flags.DEFINE_multi_string(
+          'time_log', [], 'The output of `/usr/bin/time -v` of the run; once per segment of '
+          'a run that was stopped and resumed, in order.'),
       note=flags.DEFINE_string('note', '',
                                'Free text: what the run was for, what ran beside it.'),
-      load=flags.DEFINE_float('load_avg_start', None,
-                              'The 1-minute load when the run started (busy if not below 0.5 '
-                              'per usable core).'),
+      load=flags.DEFINE_multi_float('load_avg_start', [],
+                                    'The 1-minute load when the run (each segment) started '
+                                    '(busy if not below 0.5 per usable core).'),
+      segment_commit=flags.DEFINE_multi_string(
+          'segment_commit', [], 'The commit each segment of a resumed run ran on, in order.'),
       busy=flags.DEFINE_multi_string('busy_reason', [],
                                      'Marks the row busy, with this reason.'),
       commit=flags.DEFINE_string('commit', None, 'The commit the run ran on, when the '
@@ -311,7 +360,7 @@ def main(argv) -> None:
   row = build_row(value['workdir'], value['command'], time_log=value['time_log'],
                   note=value['note'], load_avg_start=value['load'],
                   busy_reasons=tuple(value['busy']), known_rows=known,
-                  commit=value['commit'])
+                  commit=value['commit'], segment_commits=value['segment_commit'])
   print(json.dumps(row))
   if value['out'] != '-':
     append_row(row, value['out'])

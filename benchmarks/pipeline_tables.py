@@ -177,15 +177,28 @@ def representation_table(row: dict, *, health: bool = False) -> list[str]:
 
 
 def run_table(row: dict) -> list[str]:
-  """Wall time, peak RSS and each stage's wall time of one pipeline row."""
+  """Wall time, peak RSS and each stage's wall time of one pipeline row.
+
+  A run resumed over several segments shows their count beside the summed wall time, each
+  segment's load at its start, and for a stage that resumed, the step its wall time counts from
+  (the part of it before that is in 'the rest').
+  """
   stages = row.get('stage_wall_seconds', {})
+  resumed = row.get('stage_start_steps', {})
+  segments = row.get('segments', [])
   total = row.get('wall_seconds_total')
   known = [v for v in stages.values() if v is not None]
   rest = total - sum(known) if total is not None and len(known) == len(stages) else None
   header = (['wall', 'peak RSS', '1-min load at start'] + [f'{s} stage' for s in stages]
             + ['the rest (evaluate, start-up)'])
-  cells = ([_minutes(total), _gib(row.get('peak_rss_kb')), _num(row.get('load_avg_start'))]
-           + [_seconds(v) for v in stages.values()] + [_seconds(rest)])
+  wall = _minutes(total)
+  load = _num(row.get('load_avg_start'))
+  if segments:
+    wall += f' ({len(segments)} segments)'
+    load = ', '.join(_num(s.get('load_avg_start')) for s in segments)
+  stage_cells = [_seconds(v) + (f' (from step {resumed[s]})' if s in resumed else '')
+                 for s, v in stages.items()]
+  cells = ([wall, _gib(row.get('peak_rss_kb')), load] + stage_cells + [_seconds(rest)])
   return ['| ' + ' | '.join(header) + ' |', '| --- ' * len(header) + '|',
           '| ' + ' | '.join(cells) + ' |']
 

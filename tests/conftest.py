@@ -9,7 +9,28 @@ if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '
                              ' --xla_force_host_platform_device_count=2').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+
+# A JAX compilation cache shared by this run's test processes, fresh for each run: many tests
+# compile the same small programs (the tiny DM's train step, the probes), and on 2 cores
+# compiling is most of the suite's time; with the cache a repeated compile is a file read. The
+# process that makes it (xdist's controller, or a plain run) removes it at the end; xdist's
+# workers and the subprocesses tests start inherit it through the environment.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  import tempfile  # pylint: disable=g-import-not-at-top
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='jdiffrep-test-jax-cache-')
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  _OWNS_COMPILATION_CACHE = True
+else:
+  _OWNS_COMPILATION_CACHE = False
+
 import pytest  # pylint: disable=g-import-not-at-top
+
+
+def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argument
+  """The run that made the compilation cache (xdist's controller, or a plain run) removes it."""
+  if _OWNS_COMPILATION_CACHE:
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 
 @pytest.fixture(scope='session')
 def shapes_data_dir(tmp_path_factory) -> str:

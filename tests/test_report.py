@@ -357,6 +357,35 @@ def test_row_of_a_busy_machine_and_a_time_log_of_another_run(tmp_path, monkeypat
     pipeline_row.build_row(str(tmp_path / 'empty'), timed)
 
 
+def test_a_run_resumed_over_segments_is_one_row_with_their_sum(tmp_path, monkeypatch):
+  monkeypatch.setenv('JDIFFREP_COMMIT', 'c0ffee1234')
+  work, _, _, log, timed = _fake_run(tmp_path)
+  second = tmp_path / 'time2.log'  # the same command again, after a SIGTERM
+  second.write_text(f'\tCommand being timed: "{timed}"\n'
+                    '\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:02:03.5\n'
+                    '\tMaximum resident set size (kbytes): 3000000\n')
+  results = json.loads((work / 'sdae' / 'results.json').read_text())
+  _write(work / 'sdae' / 'results.json', {**results, 'start_step': 120})
+  row = pipeline_row.build_row(str(work), timed, time_log=[str(log), str(second)],
+                               load_avg_start=[0.2, 1.5], segment_commits=['aaa1', 'bbb2'])
+  assert row['wall_seconds_total'] == pytest.approx(1008.1 + 3723.5)
+  assert row['peak_rss_kb'] == 3000000
+  assert row['segments'] == [
+      {'wall_seconds_total': 1008.1, 'peak_rss_kb': 2493544, 'load_avg_start': 0.2,
+       'commit': 'aaa1'},
+      {'wall_seconds_total': 3723.5, 'peak_rss_kb': 3000000, 'load_avg_start': 1.5,
+       'commit': 'bbb2'}]
+  assert row['stage_start_steps'] == {'sdae': 120}
+  # Busy when any segment started on a loaded machine, and the reason names the segment.
+  assert row['busy'] is True and row['busy_reasons'][0].startswith('segment 2: ')
+  table = '\n'.join(pipeline_tables.run_table(row))
+  assert ('| 78 min 52 s (2 segments) | 2.86 GiB | 0.2, 1.5 | 300 s | 301 s '
+          '| 302 s (from step 120) |') in table
+  with pytest.raises(ValueError, match='as many'):
+    pipeline_row.build_row(str(work), timed, time_log=[str(log), str(second)],
+                           load_avg_start=[0.2])
+
+
 def test_command_line_appends_one_row(tmp_path):
   work, _, _, log, timed = _fake_run(tmp_path)
   out = tmp_path / 'rows.jsonl'
