@@ -22,6 +22,8 @@ PIPELINE_RESULTS = 'cpu_shapes_pipeline.jsonl'
 RESULTS_LINK = 'results/cpu_shapes_pipeline.jsonl'  # as linked from benchmarks/README.md
 TIME_PREFIX = '/usr/bin/time -v '
 DEFAULT_COMMAND = re.compile(r'python -m jdiffrep\.main --config=configs/shapes\.py --workdir=\S+')
+LONG_RUN_COMMAND = re.compile(
+    r'python -m jdiffrep\.main --config=configs/shapes_long\.py --workdir=\S+')
 TRAINING_STAGES = ('ddpm', 'diti', 'pdae', 'sdae')
 
 _NAMES = {'pixels': 'raw pixels', 'diti': 'DiTi z', 'pdae': 'PDAE z', 'sdae': 'sdae z_t',
@@ -298,6 +300,34 @@ def render_ssl(rows: list[dict]) -> str:
                     *representation_table(row, health=True)]) + '\n'
 
 
+def is_long_run(row: dict) -> bool:
+  """A row of the README's `configs/shapes_long.py` command as it is (every stage, the SSL
+  baselines included), from an empty workdir."""
+  return (row.get('stage') == 'pipeline' and not row.get('reused_stages')
+          and LONG_RUN_COMMAND.fullmatch(command_of(row)) is not None)
+
+
+def render_long_run(rows: list[dict]) -> str:
+  """The newest whole `configs/shapes_long.py` run: its wall time (over its segments, when it
+  was stopped and resumed) and every representation it ranks, with the embeddings' health.
+
+  A busy run is shown too: its scores count, its timings do not (a sentence replaces them).
+  """
+  found = [r for r in rows if is_long_run(r)]
+  if not found:
+    raise ValueError('no row of `python -m jdiffrep.main --config=configs/shapes_long.py '
+                     '--workdir=W` from an empty workdir; record one with `python -m '
+                     'benchmarks.pipeline_row`')
+  row = found[-1]
+  if records_lib.is_busy(row):
+    timing = [f'The run shared the machine ({"; ".join(row.get("busy_reasons", []))}): its '
+              'scores count, its wall times are not shown.']
+  else:
+    timing = run_table(row)
+  return '\n'.join([source_line(row), '', *timing, '',
+                    *representation_table(row, health=True)]) + '\n'
+
+
 def render_history(rows: list[dict]) -> str:
   """benchmarks/README.md: every whole-pipeline row of `configs/shapes.py`, busy ones left out."""
   pipeline = [r for r in rows if is_pipeline_row(r)]
@@ -384,19 +414,20 @@ def _sdae_scores(row: dict) -> dict:
 
 
 # Per long stage: (its name in prose, its scores, the table's columns as (header, score key,
-# key of the t that score was read at or None)).
+# key of the t that score was read at or None), whether it is read at a best t (then the verdict
+# adds the categorical comparison and the notes say at which t the attributes are read)).
 _LONG_STAGES = {
     'diti': ('DiTi', _diti_scores, [
         ('DiTi test mAP', 'map', None), ('raw pixels test mAP', 'pixels', None),
         ('categorical linear', 'linear', None), ('kNN', 'knn', None),
-        *((a, a, None) for a in LONG_ATTRIBUTES)]),
+        *((a, a, None) for a in LONG_ATTRIBUTES)], False),
     'sdae': ('sdae', _sdae_scores, [
         ('sdae test mAP, best t', 'map', 'map_t'), ('mean over t', 'map_mean_t', None),
         ('raw pixels test mAP', 'pixels', None),
         ('categorical linear, best t', 'linear', 'linear_t'),
         ('mean over t', 'linear_mean_t', None), ('kNN, best t', 'knn', None),
         ('raw pixels categorical', 'pixels_linear', None),
-        *((a, a, None) for a in LONG_ATTRIBUTES)]),
+        *((a, a, None) for a in LONG_ATTRIBUTES)], True),
 }
 
 
@@ -432,7 +463,7 @@ def _stage_wall(row: dict, stage: str) -> str:
 def render_long_seeds(rows: list[dict], stage: str = 'diti') -> str:
   """A long stage over seeds on one DM: per seed, then mean and range, and how many seeds score
   above raw pixels."""
-  name, scores_of, columns = _LONG_STAGES[stage]
+  name, scores_of, columns, along_t = _LONG_STAGES[stage]
   found = seed_rows(rows, stage)
   scores = [scores_of(r) for r in found]
   header = (['seed', 'commit'] + [h for h, _, _ in columns]
@@ -452,7 +483,7 @@ def render_long_seeds(rows: list[dict], stage: str = 'diti') -> str:
   above = sum(s['map'] > s['pixels'] for s in scores if s['pixels'] is not None)
   verdict = (f'{name} scores above raw pixels (test mAP) in {above} of {len(found)} '
              f'{"seed" if len(found) == 1 else "seeds"}')
-  if stage == 'sdae':
+  if along_t:
     above_linear = sum(s['linear'] > s['pixels_linear'] for s in scores)
     verdict += (f' at its best t, and in categorical accuracy in {above_linear} of '
                 f'{len(found)}')
@@ -462,7 +493,7 @@ def render_long_seeds(rows: list[dict], stage: str = 'diti') -> str:
   commits = list(dict.fromkeys(short_commit(r) for r in found))
   busy = sum(records_lib.is_busy(r) for r in found)
   notes = [f'{verdict}.']
-  if stage == 'sdae':
+  if along_t:
     notes.append('Per attribute: categorical linear accuracy at the categorical best t.')
   if busy:
     what = ('its score counts, its wall time is' if busy == 1

@@ -208,6 +208,42 @@ def test_long_sdae_seeds_table_reads_each_score_at_the_t_validation_chose():
     pipeline_tables.render_long_sdae_seeds([_long_row(0, 0.9, 1.0)])
 
 
+def test_whole_long_run_table_sums_its_segments_and_ranks_every_representation():
+  command = 'python -m jdiffrep.main --config=configs/shapes_long.py --workdir=runs/shapes_long'
+  health = {'health_ema/effective_rank': 20.0, 'health_ema/std_mean': 0.05,
+            'health_ema/std_reference': 0.0625}
+  long_run = _row(
+      command=f'/usr/bin/time -v {command}', commit='b' * 40,
+      wall_seconds_total=10_000.0, peak_rss_kb=3 * 2**20,
+      segments=[{'wall_seconds_total': 4000.0, 'load_avg_start': 0.1},
+                {'wall_seconds_total': 6000.0, 'load_avg_start': 0.3}],
+      stage_wall_seconds={'ddpm': 400.0, 'diti': 2000.0, 'simclr': 1500.0},
+      stage_start_steps={'simclr': 3000},
+      attribute_probe_test_mean_ap={'diti': 0.96, 'simclr': 0.91, 'pixels': 0.935,
+                                    'random_diti': 0.85},
+      random_encoder_rows={'random_diti': ['diti', 'simclr']},
+      embedding_health={'diti': health})
+  others = [_row(), _long_row(0, 0.95, 1.0),  # the default command; one long stage on a DM
+            _row(command=command, commit='c' * 40,  # reused a stage: not from an empty workdir
+                 reused_stages={'diti': {'copied_from': {'path': '/x/diti'}}})]
+  block = pipeline_tables.render_long_run(others[:1] + [long_run] + others[1:])
+  assert f'(commit bbbbbbb) in `results/cpu_shapes_pipeline.jsonl`: `/usr/bin/time -v {command}`' \
+      in block
+  assert ('| 166 min 40 s (2 segments) | 3.00 GiB | 0.1, 0.3 | 400 s | 2000 s '
+          '| 1500 s (from step 3000) | 6100 s |') in block
+  # best test mAP first, SimCLR beside the random encoder it shares with DiTi, with health
+  lines = [line for line in block.splitlines() if line.startswith('| ') and 'z' in line]
+  assert lines[0].startswith('| DiTi z | 0.960 |') and lines[0].endswith('| 20.0 | 0.80 |')
+  assert '| SimCLR z | 0.910 |' in block
+  assert '| random encoder of diti, simclr (`random_diti`) | 0.850 |' in block
+  busy = pipeline_tables.render_long_run(
+      [{**long_run, 'busy': True, 'busy_reasons': ['tests ran beside it']}])
+  assert 'shared the machine (tests ran beside it)' in busy and '166 min' not in busy
+  assert '| DiTi z | 0.960 |' in busy  # the scores still count
+  with pytest.raises(ValueError, match='empty workdir'):
+    pipeline_tables.render_long_run(others)
+
+
 def test_replace_block_keeps_the_rest_and_needs_both_markers():
   text = 'a\n<!-- t:begin -->\nold\n<!-- t:end -->\nb\n'
   assert pipeline_tables.replace_block(text, 't', 'new\n') == (
