@@ -32,6 +32,7 @@ def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argumen
     import shutil  # pylint: disable=g-import-not-at-top
     shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 
+
 @pytest.fixture(scope='session')
 def shapes_data_dir(tmp_path_factory) -> str:
   """A fresh data dir holding `shapes/32_small` (512 / 64 / 64 examples), prepared for real."""
