@@ -3,13 +3,23 @@
 Needs the `peer` extra (`pip install -e '.[peer]'`). The step is the one a diffusers training
 script runs: forward (optionally under bf16 autocast, optionally `torch.compile`d), MSE to a
 target, backward, AdamW (fused on GPU, foreach on CPU), `zero_grad(set_to_none=True)`.
+
+`python -m benchmarks.peer_diffusers` serves the same step in a process of its own
+(`benchmarks.throughput` drives it, see `serve`), so that the two sides do not share one
+allocator: in one process, on a 2-core CPU, our S/2 step took 9.5-10.2 s and diffusers'
+5.3-5.6 s, each alone 8.4-8.7 s and 5.7-6.2 s (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 
 import numpy as np
+
+PROTOCOL_PREFIX = 'PEER '  # marks the lines of `serve`'s replies on stdout
+BATCH_KEYS = ('images', 't', 'labels', 'target')
 
 
 def versions() -> dict:
@@ -62,6 +72,7 @@ class DiffusersStep:
     loss.backward()
     self.optimizer.step()
     self.optimizer.zero_grad(set_to_none=True)
+    self.last_loss = loss.detach()
 
   def sync(self) -> None:
     if self.device.type == 'cuda':
@@ -75,3 +86,44 @@ class DiffusersStep:
       self._step()
     self.sync()
     return time.perf_counter() - start
+
+
+def _reply(stream, message: dict) -> None:
+  stream.write(PROTOCOL_PREFIX + json.dumps(message) + '\n')
+  stream.flush()
+
+
+def serve(stdin=sys.stdin, stdout=sys.stdout) -> None:
+  """The peer's side of `benchmarks.throughput`'s rounds, one JSON object per line.
+
+  In: the `DiffusersStep` keyword arguments, with `batch_file`: an .npz of `BATCH_KEYS` in place
+  of the arrays; then {"run": n} per round; then {"stop": true}. Out (each line prefixed with
+  `PROTOCOL_PREFIX`; anything else a library prints is not a reply): the step's description
+  after one untimed step, {"seconds": s, "loss": the round's last loss} per round, and the process's peak memory at the end.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import provenance  # pylint: disable=g-import-not-at-top
+  spec = json.loads(stdin.readline())
+  with np.load(spec.pop('batch_file'), allow_pickle=False) as batch:
+    arrays = {key: batch[key] for key in BATCH_KEYS}
+  start = time.perf_counter()
+  step = DiffusersStep(**spec, **arrays)
+  step.run(1)  # the first step: torch.compile's compile, allocator warm-up
+  _reply(stdout, {'versions': versions(), 'device_kind': step.device_kind,
+                  'torch_threads': torch.get_num_threads(), 'autocast_bf16': step.autocast,
+                  'num_params': step.num_params,
+                  'compile_seconds': round(time.perf_counter() - start, 2)})
+  for line in stdin:
+    command = json.loads(line)
+    if 'run' not in command:
+      break
+    seconds = step.run(int(command['run']))
+    _reply(stdout, {'seconds': seconds, 'loss': float(step.last_loss)})
+  _reply(stdout, {
+      'process_peak_rss_bytes': provenance.peak_rss_bytes(),
+      'peak_device_memory_bytes': (torch.cuda.max_memory_allocated(step.device)
+                                   if step.device.type == 'cuda' else None)})
+
+
+if __name__ == '__main__':
+  serve()

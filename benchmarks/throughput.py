@@ -9,7 +9,8 @@ r"""Train-step throughput of jdiffrep against diffusers' DiT, measured in the sa
 diffusers' `DiTTransformer2DModel` of the same size on the same random batch (images, t, class
 labels, target; MSE loss; equal AdamW settings). Both compile / warm up first; then the two
 alternate (`--repeats` rounds of `--steps` steps each), synchronised only before and after each
-round, so a shared machine's load hits both alike. The median round gives step ms and images/s.
+round, so a shared machine's load hits both alike. The peer runs in a process of its own
+(`--peer_process=own`, the default), which waits while ours runs. The median round gives step ms and images/s.
 --bench=diti / sdae time `train.train_step` of those methods (`methods.make_method`), --bench=data
 the grain pipeline alone on the built-in `shapes` set, --bench=devices the DiT step on 1, 2, 4, 8
 fake CPU devices (one subprocess each) at a fixed global batch.
@@ -55,6 +56,11 @@ _ATTENTION = flags.DEFINE_enum(
     "jax.nn.dot_product_attention elsewhere; 'cudnn': GPU only.")
 _PEER = flags.DEFINE_enum('peer', 'diffusers', ['diffusers', 'none'], 'The peer to compare with.')
 _PEER_COMPILE = flags.DEFINE_bool('peer_compile', False, 'torch.compile the peer model.')
+_PEER_PROCESS = flags.DEFINE_enum(
+    'peer_process', 'own', ['own', 'shared'],
+    "--side=both: 'own' runs the peer in a child process (benchmarks.peer_diffusers), so each "
+    "side has its own allocator and threads; 'shared' runs it in this process (the rows before "
+    '2026-12-03 did).')
 _SIDE = flags.DEFINE_enum(
     'side', 'both', ['both', 'ours', 'peer'],
     "--bench=dit: 'both' times ours against the peer; 'ours' / 'peer' builds and times one side "
@@ -246,6 +252,52 @@ def _alternate(runners: dict, steps: int, repeats: int, warmup: int) -> dict[str
   return seconds
 
 
+class PeerProcess:
+  """The peer's step in a child process (`benchmarks.peer_diffusers.serve`), timed the same way:
+  `run(steps)` -> seconds, measured in the child around its steps alone (`last_loss`: the
+  loss of the last step)."""
+
+  def __init__(self, spec: dict, batch: dict):
+    import tempfile  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from benchmarks import peer_diffusers  # pylint: disable=g-import-not-at-top
+    self._prefix = peer_diffusers.PROTOCOL_PREFIX
+    self._batch_dir = tempfile.TemporaryDirectory(prefix='peer_batch_')
+    batch_file = os.path.join(self._batch_dir.name, 'batch.npz')
+    np.savez(batch_file, images=batch['image'], t=batch['t'], labels=batch['label'],
+             target=batch['target'])
+    self._process = subprocess.Popen(
+        [sys.executable, '-m', 'benchmarks.peer_diffusers'], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True, cwd=provenance.REPO_ROOT)
+    self._send({**spec, 'batch_file': batch_file})
+    self.info = self._receive()
+
+  def _send(self, message: dict) -> None:
+    self._process.stdin.write(json.dumps(message) + '\n')
+    self._process.stdin.flush()
+
+  def _receive(self) -> dict:
+    for line in self._process.stdout:
+      if line.startswith(self._prefix):
+        return json.loads(line[len(self._prefix):])
+    raise RuntimeError(f'The peer process exited (code {self._process.wait()}) before it '
+                       'replied; its error is printed above.')
+
+  def run(self, steps: int) -> float:
+    self._send({'run': steps})
+    reply = self._receive()
+    self.last_loss = reply['loss']
+    return reply['seconds']
+
+  def close(self) -> dict:
+    """Stops the child; returns its peak memory (process RSS, device)."""
+    self._send({'stop': True})
+    final = self._receive()
+    self._process.wait()
+    self._batch_dir.cleanup()
+    return final
+
+
 def bench_dit() -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import flops  # pylint: disable=g-import-not-at-top
@@ -266,20 +318,27 @@ def bench_dit() -> dict:
     from benchmarks import peer_diffusers  # pylint: disable=g-import-not-at-top
     depth, hidden, heads, patch = dit.parse_model_name(_MODEL.value)
     optim = config.optim
-    start = time.perf_counter()
-    peer = peer_diffusers.DiffusersStep(
-        depth=depth, hidden=hidden, heads=heads, patch=patch, resolution=_RESOLUTION.value,
-        num_classes=NUM_CLASSES, images=batch['image'], t=batch['t'], labels=batch['label'],
-        target=batch['target'], dtype=_DTYPE.value, compile_model=_PEER_COMPILE.value,
-        learning_rate=optim.learning_rate, b1=optim.b1, b2=optim.b2,
-        weight_decay=optim.weight_decay, threads=_THREADS.value or provenance.cores())
-    peer.run(1)  # the first step: torch.compile's compile, allocator warm-up
-    peer_first = time.perf_counter() - start
+    spec = dict(depth=depth, hidden=hidden, heads=heads, patch=patch, resolution=_RESOLUTION.value,
+                num_classes=NUM_CLASSES, dtype=_DTYPE.value, compile_model=_PEER_COMPILE.value,
+                learning_rate=optim.learning_rate, b1=optim.b1, b2=optim.b2,
+                weight_decay=optim.weight_decay, threads=_THREADS.value or provenance.cores())
+    own_process = _SIDE.value == 'both' and _PEER_PROCESS.value == 'own'
+    if own_process:
+      peer = PeerProcess(spec, batch)
+      info = peer.info
+    else:
+      start = time.perf_counter()
+      peer = peer_diffusers.DiffusersStep(
+          **spec, images=batch['image'], t=batch['t'], labels=batch['label'],
+          target=batch['target'])
+      peer.run(1)  # the first step: torch.compile's compile, allocator warm-up
+      info = {'versions': peer_diffusers.versions(), 'device_kind': peer.device_kind,
+              'torch_threads': peer.torch.get_num_threads(), 'autocast_bf16': peer.autocast,
+              'num_params': peer.num_params,
+              'compile_seconds': round(time.perf_counter() - start, 2)}
     runners['diffusers'] = peer
-    fields['peer'] = {'versions': peer_diffusers.versions(), 'device_kind': peer.device_kind,
-                      'torch_threads': peer.torch.get_num_threads(),
-                      'torch_compile': _PEER_COMPILE.value, 'autocast_bf16': peer.autocast,
-                      'num_params': peer.num_params, 'compile_seconds': round(peer_first, 2)}
+    fields['peer_process'] = 'own' if own_process else 'shared'
+    fields['peer'] = {**info, 'torch_compile': _PEER_COMPILE.value}
 
   seconds = _alternate(runners, _STEPS.value, _REPEATS.value, _WARMUP.value)
   if _PROFILE_DIR.value and 'jdiffrep' in runners:
@@ -301,8 +360,12 @@ def bench_dit() -> dict:
     results['jdiffrep']['mfu_xla_flops'] = round(ours.xla_flops / step_s / peak, 4)
   if 'diffusers' in results:
     results['diffusers'].update(fields.pop('peer'))
-    results['diffusers']['peak_device_memory_bytes'] = (
-        peer.torch.cuda.max_memory_allocated(peer.device) if peer.device.type == 'cuda' else None)
+    if isinstance(peer, PeerProcess):
+      results['diffusers'].update(peer.close())
+    else:
+      results['diffusers']['peak_device_memory_bytes'] = (
+          peer.torch.cuda.max_memory_allocated(peer.device) if peer.device.type == 'cuda'
+          else None)
   if len(results) == 2:
     results.update(records.paired_ratios(seconds['jdiffrep'], seconds['diffusers']))
     results['ratio_ours_over_peer'] = results['ratio_median']

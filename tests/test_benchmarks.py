@@ -172,3 +172,43 @@ def test_every_module_the_tests_import_shares_one_process_without_flag_clashes()
   result = subprocess.run([sys.executable, '-c', code, *sorted(modules)], cwd=tests.parent,
                           capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _tiny_peer_spec() -> dict:
+  return dict(depth=1, hidden=32, heads=2, patch=4, resolution=8, num_classes=10,
+              dtype='float32', compile_model=False, learning_rate=1e-3, b1=0.9, b2=0.999,
+              weight_decay=0.0, threads=1)
+
+
+def _tiny_batch() -> dict:
+  rng = np.random.default_rng(3)
+  return {'image': rng.uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32),
+          'target': rng.normal(size=(2, 8, 8, 3)).astype(np.float32),
+          't': np.array([5, 700], np.int32), 'label': np.array([1, 9], np.int32)}
+
+
+def test_the_peer_in_its_own_process_trains_the_same_step_as_in_this_one():
+  pytest.importorskip('diffusers')
+  from benchmarks import peer_diffusers
+  from benchmarks import throughput
+  batch = _tiny_batch()
+  here = peer_diffusers.DiffusersStep(**_tiny_peer_spec(), images=batch['image'], t=batch['t'],
+                                      labels=batch['label'], target=batch['target'])
+  here.run(3)
+  child = throughput.PeerProcess(_tiny_peer_spec(), batch)
+  assert child.info['num_params'] == here.num_params
+  assert child.info['torch_threads'] == 1
+  assert child.run(2) > 0  # with the untimed first step, 3 steps as here
+  assert child.last_loss == pytest.approx(float(here.last_loss), rel=1e-6)
+  assert child.last_loss > 0
+  final = child.close()
+  assert final['process_peak_rss_bytes'] > 50 * 2**20  # torch alone is bigger than this
+
+
+def test_a_peer_process_that_fails_is_reported_not_waited_for():
+  pytest.importorskip('diffusers')
+  from benchmarks import throughput
+  spec = _tiny_peer_spec()
+  spec['heads'] = 0  # the child fails building the model (hidden // heads)
+  with pytest.raises(RuntimeError, match='peer process exited'):
+    throughput.PeerProcess(spec, _tiny_batch())
