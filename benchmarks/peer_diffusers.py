@@ -5,9 +5,8 @@ script runs: forward (optionally under bf16 autocast, optionally `torch.compile`
 target, backward, AdamW (fused on GPU, foreach on CPU), `zero_grad(set_to_none=True)`.
 
 `python -m benchmarks.peer_diffusers` serves the same step in a process of its own
-(`benchmarks.throughput` drives it, see `serve`), so that the two sides do not share one
-allocator: in one process, on a 2-core CPU, our S/2 step took 9.5-10.2 s and diffusers'
-5.3-5.6 s, each alone 8.4-8.7 s and 5.7-6.2 s (benchmarks/README.md).
+(`benchmarks.throughput` drives it, see `serve`): each side then has its own allocator and
+threads, as in real use, and the row records each side's peak memory from the same run.
 """
 
 from __future__ import annotations

@@ -47,8 +47,22 @@ def cores() -> int:
   return len(os.sched_getaffinity(0))
 
 
+def cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo on Linux; `platform.processor()` elsewhere): the same
+  step's ratio to the peer differs between CPUs (benchmarks/README.md, "What the CPU rows show")."""
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as cpuinfo:
+      for line in cpuinfo:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or 'unknown CPU'
+
+
 def host() -> str:
-  return f'{platform.machine()}, {cores()} cores usable'
+  """'x86_64, <CPU model>, N cores usable'."""
+  return f'{platform.machine()}, {cpu_model()}, {cores()} cores usable'
 
 
 def peak_rss_bytes() -> int:

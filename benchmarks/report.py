@@ -53,27 +53,32 @@ def _gib(x) -> str:
 
 
 def _device(r: dict) -> str:
+  """'cpu x1', or the CPU's model and cores where the row's host names them."""
+  host = r.get('host', '').split(', ')
+  if r.get('platform', 'cpu') == 'cpu' and len(host) == 3:
+    return f'{host[1]}, {host[2].replace(" usable", "")}'
   return f'{r["device_kind"]} x{r["device_count"]}'
 
 
 def dit_table(records: list[dict]) -> list[str]:
   lines = ['| date | device | model | res | batch | dtype | attention | ours img/s | ours ms | '
            'ours MFU | ours compile s | peer | peer img/s | peer ms | peer MFU | '
-           'ours/peer, median of rounds (range) | load |',
-           '| --- ' * 17 + '|']
+           'ours/peer, median of rounds (range) | load | commit |',
+           '| --- ' * 18 + '|']
   for r in records:
     ours, peer = r['jdiffrep'], r.get('diffusers', {})
     peer_name = ''
     if peer:
       peer_name = ('diffusers' + (' compiled' if peer.get('torch_compile') else ' eager')
-                   + f', {peer.get("torch_threads")} threads')
+                   + f', {peer.get("torch_threads")} threads, '
+                   + ('own process' if r.get('peer_process') == 'own' else 'same process'))
     lines.append(
         f'| {r["date"][:10]} | {_device(r)} | {r["model"]} | {r["resolution"]} | {r["batch"]} '
         f'| {r["dtype"]} | {r["attention"]} | {ours["images_per_sec"]} | {ours["step_ms"]} '
         f'| {_pct(ours.get("mfu"))} | {ours.get("compile_seconds")} | {peer_name} '
         f'| {_num(peer.get("images_per_sec"))} | {_num(peer.get("step_ms"))} '
         f'| {_pct(peer.get("mfu"))} | {_ratio(r)} '
-        f'| {r["load_avg_start"]}-{r["load_avg_end"]} |')
+        f'| {r["load_avg_start"]}-{r["load_avg_end"]} | {(r.get("commit") or "")[:7]} |')
   return lines
 
 

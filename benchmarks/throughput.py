@@ -59,8 +59,8 @@ _PEER_COMPILE = flags.DEFINE_bool('peer_compile', False, 'torch.compile the peer
 _PEER_PROCESS = flags.DEFINE_enum(
     'peer_process', 'own', ['own', 'shared'],
     "--side=both: 'own' runs the peer in a child process (benchmarks.peer_diffusers), so each "
-    "side has its own allocator and threads; 'shared' runs it in this process (the rows before "
-    '2026-12-03 did).')
+    "side has its own allocator and threads and its own peak RSS in the row; 'shared' runs it in "
+    'this process (as the rows before 2026-12-03 did).')
 _SIDE = flags.DEFINE_enum(
     'side', 'both', ['both', 'ours', 'peer'],
     "--bench=dit: 'both' times ours against the peer; 'ours' / 'peer' builds and times one side "
