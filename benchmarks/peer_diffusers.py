@@ -12,7 +12,10 @@ threads, as in real use, and the row records each side's peak memory from the sa
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -122,6 +125,49 @@ def serve(stdin=sys.stdin, stdout=sys.stdout) -> None:
       'process_peak_rss_bytes': provenance.peak_rss_bytes(),
       'peak_device_memory_bytes': (torch.cuda.max_memory_allocated(step.device)
                                    if step.device.type == 'cuda' else None)})
+
+
+class PeerProcess:
+  """The peer's step in a child process (`serve`), timed the same way:
+  `run(steps)` -> seconds, measured in the child around its steps alone (`last_loss`: the
+  loss of the last step)."""
+
+  def __init__(self, spec: dict, batch: dict):
+    from benchmarks import provenance  # pylint: disable=g-import-not-at-top
+    self._batch_dir = tempfile.TemporaryDirectory(prefix='peer_batch_')
+    batch_file = os.path.join(self._batch_dir.name, 'batch.npz')
+    np.savez(batch_file, images=batch['image'], t=batch['t'], labels=batch['label'],
+             target=batch['target'])
+    self._process = subprocess.Popen(
+        [sys.executable, '-m', 'benchmarks.peer_diffusers'], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True, cwd=provenance.REPO_ROOT)
+    self._send({**spec, 'batch_file': batch_file})
+    self.info = self._receive()
+
+  def _send(self, message: dict) -> None:
+    self._process.stdin.write(json.dumps(message) + '\n')
+    self._process.stdin.flush()
+
+  def _receive(self) -> dict:
+    for line in self._process.stdout:
+      if line.startswith(PROTOCOL_PREFIX):
+        return json.loads(line[len(PROTOCOL_PREFIX):])
+    raise RuntimeError(f'The peer process exited (code {self._process.wait()}) before it '
+                       'replied; its error is printed above.')
+
+  def run(self, steps: int) -> float:
+    self._send({'run': steps})
+    reply = self._receive()
+    self.last_loss = reply['loss']
+    return reply['seconds']
+
+  def close(self) -> dict:
+    """Stops the child; returns its peak memory (process RSS, device)."""
+    self._send({'stop': True})
+    final = self._receive()
+    self._process.wait()
+    self._batch_dir.cleanup()
+    return final
 
 
 if __name__ == '__main__':

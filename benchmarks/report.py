@@ -83,16 +83,22 @@ def dit_table(records: list[dict]) -> list[str]:
 
 
 def memory_table(records: list[dict]) -> list[str]:
-  """`--bench=dit --side=ours|peer` rows: each side alone in its own process, its peak RSS."""
+  """Each side's process and its peak RSS: `--side=ours|peer` rows (one side alone), and both
+  sides of `--peer_process=own` rows (ours in the parent, the peer in its child process)."""
   lines = ['| date | device | model | res | batch | dtype | attention | side | ms/step | '
            'process peak RSS GiB | commit |', '| --- ' * 11 + '|']
   for r in records:
-    side = r['jdiffrep'] if r['side'] == 'ours' else r['diffusers']
-    lines.append(
-        f'| {r["date"][:10]} | {_device(r)} | {r["model"]} | {r["resolution"]} | {r["batch"]} '
-        f'| {r["dtype"]} | {r["attention"] if r["side"] == "ours" else "torch SDPA"} '
-        f'| {"jdiffrep" if r["side"] == "ours" else "diffusers"} | {side["step_ms"]} '
-        f'| {_gib(r["process_peak_rss_bytes"])} | {(r.get("commit") or "")[:7]} |')
+    sides = [r['side']] if r.get('side', 'both') != 'both' else ['ours', 'peer']
+    for side in sides:
+      numbers = r['jdiffrep'] if side == 'ours' else r['diffusers']
+      rss = (r['process_peak_rss_bytes'] if side == 'ours' or r['side'] == 'peer'
+             else numbers['process_peak_rss_bytes'])
+      lines.append(
+          f'| {r["date"][:10]} | {_device(r)} | {r["model"]} | {r["resolution"]} | {r["batch"]} '
+          f'| {r["dtype"]} | {r["attention"] if side == "ours" else "torch SDPA"} '
+          f'| {"jdiffrep" if side == "ours" else "diffusers"}'
+          f'{"" if r["side"] != "both" else " (paired run)"} | {numbers["step_ms"]} '
+          f'| {_gib(rss)} | {(r.get("commit") or "")[:7]} |')
   return lines
 
 
@@ -149,8 +155,10 @@ def render(records: list[dict]) -> str:
   sections = [
       ('DiT train step, jdiffrep vs diffusers (`--bench=dit`)',
        dit_table([r for r in by_bench('dit') if r.get('side', 'both') == 'both'])),
-      ('Each side alone: peak memory of the process (`--bench=dit --side=ours|peer`)',
-       memory_table([r for r in by_bench('dit') if r.get('side', 'both') != 'both'])),
+      ('Peak memory of each side\'s process (`--bench=dit --side=ours|peer`: one side alone; '
+       '"paired run": the two processes of `--peer_process=own`)',
+       memory_table([r for r in by_bench('dit')
+                     if r.get('side', 'both') != 'both' or r.get('peer_process') == 'own'])),
       ('Method train steps (`--bench=diti`, `--bench=sdae`)', method_table(by_bench('diti', 'sdae'))),
       ('Input pipeline alone (`--bench=data`)', data_table(by_bench('data'))),
       ('Fake CPU device sweep, fixed global batch (`--bench=devices`)',

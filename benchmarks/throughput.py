@@ -252,52 +252,6 @@ def _alternate(runners: dict, steps: int, repeats: int, warmup: int) -> dict[str
   return seconds
 
 
-class PeerProcess:
-  """The peer's step in a child process (`benchmarks.peer_diffusers.serve`), timed the same way:
-  `run(steps)` -> seconds, measured in the child around its steps alone (`last_loss`: the
-  loss of the last step)."""
-
-  def __init__(self, spec: dict, batch: dict):
-    import tempfile  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    from benchmarks import peer_diffusers  # pylint: disable=g-import-not-at-top
-    self._prefix = peer_diffusers.PROTOCOL_PREFIX
-    self._batch_dir = tempfile.TemporaryDirectory(prefix='peer_batch_')
-    batch_file = os.path.join(self._batch_dir.name, 'batch.npz')
-    np.savez(batch_file, images=batch['image'], t=batch['t'], labels=batch['label'],
-             target=batch['target'])
-    self._process = subprocess.Popen(
-        [sys.executable, '-m', 'benchmarks.peer_diffusers'], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, text=True, cwd=provenance.REPO_ROOT)
-    self._send({**spec, 'batch_file': batch_file})
-    self.info = self._receive()
-
-  def _send(self, message: dict) -> None:
-    self._process.stdin.write(json.dumps(message) + '\n')
-    self._process.stdin.flush()
-
-  def _receive(self) -> dict:
-    for line in self._process.stdout:
-      if line.startswith(self._prefix):
-        return json.loads(line[len(self._prefix):])
-    raise RuntimeError(f'The peer process exited (code {self._process.wait()}) before it '
-                       'replied; its error is printed above.')
-
-  def run(self, steps: int) -> float:
-    self._send({'run': steps})
-    reply = self._receive()
-    self.last_loss = reply['loss']
-    return reply['seconds']
-
-  def close(self) -> dict:
-    """Stops the child; returns its peak memory (process RSS, device)."""
-    self._send({'stop': True})
-    final = self._receive()
-    self._process.wait()
-    self._batch_dir.cleanup()
-    return final
-
-
 def bench_dit() -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import flops  # pylint: disable=g-import-not-at-top
@@ -324,7 +278,7 @@ def bench_dit() -> dict:
                 weight_decay=optim.weight_decay, threads=_THREADS.value or provenance.cores())
     own_process = _SIDE.value == 'both' and _PEER_PROCESS.value == 'own'
     if own_process:
-      peer = PeerProcess(spec, batch)
+      peer = peer_diffusers.PeerProcess(spec, batch)
       info = peer.info
     else:
       start = time.perf_counter()
@@ -360,7 +314,7 @@ def bench_dit() -> dict:
     results['jdiffrep']['mfu_xla_flops'] = round(ours.xla_flops / step_s / peak, 4)
   if 'diffusers' in results:
     results['diffusers'].update(fields.pop('peer'))
-    if isinstance(peer, PeerProcess):
+    if isinstance(peer, peer_diffusers.PeerProcess):
       results['diffusers'].update(peer.close())
     else:
       results['diffusers']['peak_device_memory_bytes'] = (

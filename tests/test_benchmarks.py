@@ -136,12 +136,20 @@ def test_report_puts_one_side_rows_in_the_memory_table_not_the_ratio_table():
           'process_peak_rss_bytes': 6 * 2**30}
   peer = {**base, 'side': 'peer', 'diffusers': {'images_per_sec': 3.3, 'step_ms': 9700},
           'process_peak_rss_bytes': int(4.5 * 2**30)}
-  text = report.render([both, ours, peer])
-  ratio_table, memory_table = text.split('#### Each side alone')
+  own = {**both, 'peer_process': 'own', 'process_peak_rss_bytes': int(6.5 * 2**30),
+         'jdiffrep': {'images_per_sec': 2.4, 'step_ms': 13100},
+         'diffusers': {'images_per_sec': 3.1, 'step_ms': 10200,
+                       'process_peak_rss_bytes': int(4.25 * 2**30)}}
+  text = report.render([both, ours, peer, own])
+  ratio_table, memory_table = text.split('#### Peak memory')
   assert '| 12800 |' in ratio_table and '0.78 (0.75-0.8)' in ratio_table
+  assert 'same process' in ratio_table and 'own process' in ratio_table
   assert '12300' not in ratio_table and '9700' not in ratio_table
   assert '| jdiffrep | 12300 | 6.00 | abcdef0 |' in memory_table
   assert '| torch SDPA | diffusers | 9700 | 4.50 | abcdef0 |' in memory_table
+  assert '12800' not in memory_table  # a paired run in one process has no per-side memory
+  assert '| jdiffrep (paired run) | 13100 | 6.50 | abcdef0 |' in memory_table
+  assert '| diffusers (paired run) | 10200 | 4.25 | abcdef0 |' in memory_table
 
 
 def test_every_module_the_tests_import_shares_one_process_without_flag_clashes():
@@ -190,12 +198,11 @@ def _tiny_batch() -> dict:
 def test_the_peer_in_its_own_process_trains_the_same_step_as_in_this_one():
   pytest.importorskip('diffusers')
   from benchmarks import peer_diffusers
-  from benchmarks import throughput
   batch = _tiny_batch()
   here = peer_diffusers.DiffusersStep(**_tiny_peer_spec(), images=batch['image'], t=batch['t'],
                                       labels=batch['label'], target=batch['target'])
   here.run(3)
-  child = throughput.PeerProcess(_tiny_peer_spec(), batch)
+  child = peer_diffusers.PeerProcess(_tiny_peer_spec(), batch)
   assert child.info['num_params'] == here.num_params
   assert child.info['torch_threads'] == 1
   assert child.run(2) > 0  # with the untimed first step, 3 steps as here
@@ -207,8 +214,45 @@ def test_the_peer_in_its_own_process_trains_the_same_step_as_in_this_one():
 
 def test_a_peer_process_that_fails_is_reported_not_waited_for():
   pytest.importorskip('diffusers')
-  from benchmarks import throughput
+  from benchmarks import peer_diffusers
   spec = _tiny_peer_spec()
   spec['heads'] = 0  # the child fails building the model (hidden // heads)
   with pytest.raises(RuntimeError, match='peer process exited'):
-    throughput.PeerProcess(spec, _tiny_batch())
+    peer_diffusers.PeerProcess(spec, _tiny_batch())
+
+
+def test_profile_step_sums_xla_ops_by_kind_and_shape():
+  from benchmarks import profile_step
+  hlo = ('  %ynn_fusion.3 = f32[8,4]{1,0} fusion(%a), kind=kCustom\n'
+         '  ROOT %copy_bitcast_fusion = f32[4,8]{1,0} fusion(%ynn_fusion.3), kind=kLoop\n')
+  shapes = profile_step.output_shapes(hlo)
+  assert shapes == {'ynn_fusion.3': 'f32[8,4]{1,0}', 'copy_bitcast_fusion': 'f32[4,8]{1,0}'}
+  events = [{'ph': 'X', 'name': 'ynn_fusion.3', 'dur': 3000},
+            {'ph': 'X', 'name': 'ynn_fusion.3', 'dur': 1000},
+            {'ph': 'X', 'name': 'copy_bitcast_fusion', 'dur': 500},
+            {'ph': 'X', 'name': 'ThunkExecutor::Execute', 'dur': 9000},  # not an op: left out
+            {'ph': 'i', 'name': 'ynn_fusion.3'}]  # not a complete event: left out
+  summary = profile_step.summarise(events, shapes, top=5)
+  assert summary['ops_ms'] == 4.5
+  assert summary['by_kind'] == [{'kind': 'ynn_fusion', 'ms': 4.0, 'calls': 2},
+                                {'kind': 'copy_bitcast_fusion', 'ms': 0.5, 'calls': 1}]
+  assert summary['by_shape'][0] == {'kind': 'ynn_fusion', 'shape': 'f32[8,4]{1,0}', 'ms': 4.0,
+                                    'calls': 2, 'ms_per_call': 2.0}
+
+
+def test_profile_step_traces_a_real_step(tmp_path):
+  import json
+  import os
+  import subprocess
+  import sys
+  out = tmp_path / 'profile.jsonl'
+  subprocess.run([sys.executable, '-m', 'benchmarks.profile_step', '--model=XXS/4',
+                  '--resolution=8', '--batch=2', '--warmup=1', f'--profile_out={out}'],
+                 check=True, capture_output=True, text=True,
+                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  row = json.loads(out.read_text())
+  kinds = {item['kind'] for item in row['by_kind']}
+  assert any('fusion' in kind for kind in kinds), kinds
+  assert any(kind.startswith(('ynn', 'dot', 'xnn', 'onednn')) for kind in kinds), kinds
+  assert 0 < row['ops_ms'] and 0 < row['step_seconds']
+  assert row['model'] == 'XXS/4' and row['batch'] == 2

@@ -1,0 +1,136 @@
+r"""Where our DiT train step's time goes: XLA's own ops, summed by kind and by output shape.
+
+  python -m benchmarks.profile_step --model=S/2 --resolution=32 --batch=32 [--profile_steps=1] [--top=15]
+
+Builds the step `benchmarks.throughput --bench=dit` times (same flags: --model, --resolution,
+--batch, --dtype, --attention), runs `--warmup` steps, then traces `--profile_steps` more with
+`jax.profiler` (XLA:CPU's per-op trace events switched on with
+`--xla_cpu_enable_xprof_traceme=true`) and sums each op's time:
+
+  by kind   ynn_fusion (matmuls through YNNPACK), dot / dot_general (other matmuls),
+            copy_bitcast_fusion (transposes), multiply_add_fusion (element-wise) ...
+  by shape  (kind, output shape) -> total ms, calls, ms per call: which products and which
+            transposes cost most.
+
+Ops can overlap on the worker threads, so the per-op total may differ from the wall time.
+Appends one JSON row (command, commit, host, step seconds, both tables) to `--out`.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import shlex
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+
+from benchmarks import provenance
+from jdiffrep import cpu_runtime
+
+_STEPS = flags.DEFINE_integer('profile_steps', 1, 'Steps traced.', lower_bound=1)
+_TOP = flags.DEFINE_integer('top', 15, 'Rows of the by-shape table to print and record.',
+                            lower_bound=1)
+_PROFILE_OUT = flags.DEFINE_string(
+    'profile_out', '', 'JSONL file to append to (default '
+    'benchmarks/results/<platform>_step_profile.jsonl; "-" for none).')
+
+TRACEME_FLAG = '--xla_cpu_enable_xprof_traceme=true'
+
+
+def op_kind(name: str) -> str:
+  """'copy_bitcast_fusion.39' -> 'copy_bitcast_fusion'."""
+  return re.sub(r'\.\d+$', '', name)
+
+
+def output_shapes(hlo_text: str) -> dict[str, str]:
+  """Instruction name -> its output shape, from the optimised HLO's text."""
+  shapes = {}
+  for line in hlo_text.splitlines():
+    match = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ', line)
+    if match:
+      shapes[match.group(1)] = match.group(2)
+  return shapes
+
+
+def summarise(events: list[dict], shapes: dict[str, str], top: int) -> dict:
+  """Complete trace events of XLA ops (names found in `shapes`) -> time by kind and by shape."""
+  by_kind, by_shape = collections.Counter(), collections.Counter()
+  kind_calls, shape_calls = collections.Counter(), collections.Counter()
+  for event in events:
+    name = event.get('name', '')
+    if event.get('ph') != 'X' or name not in shapes:
+      continue
+    key = (op_kind(name), shapes[name])
+    by_kind[key[0]] += event['dur'] / 1e3
+    kind_calls[key[0]] += 1
+    by_shape[key] += event['dur'] / 1e3
+    shape_calls[key] += 1
+  return {
+      'ops_ms': round(sum(by_kind.values()), 1),
+      'by_kind': [{'kind': kind, 'ms': round(ms, 1), 'calls': kind_calls[kind]}
+                  for kind, ms in by_kind.most_common()],
+      'by_shape': [{'kind': kind, 'shape': shape, 'ms': round(ms, 1),
+                    'calls': shape_calls[kind, shape],
+                    'ms_per_call': round(ms / shape_calls[kind, shape], 2)}
+                   for (kind, shape), ms in by_shape.most_common(top)],
+  }
+
+
+def _trace_events(trace_dir: str) -> list[dict]:
+  paths = glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True)
+  if not paths:
+    raise RuntimeError(f'jax.profiler wrote no trace under {trace_dir}.')
+  with gzip.open(paths[0], 'rt') as trace:
+    return json.load(trace)['traceEvents']
+
+
+def main(argv) -> None:
+  del argv
+  os.environ['XLA_FLAGS'] = ' '.join(filter(None, [os.environ.get('XLA_FLAGS'), TRACEME_FLAG]))
+  import jax  # pylint: disable=g-import-not-at-top
+  from benchmarks import throughput  # pylint: disable=g-import-not-at-top
+  batch = throughput._random_batch(throughput._BATCH.value, throughput._RESOLUTION.value)  # pylint: disable=protected-access
+  step = throughput.OursDiTStep(batch, throughput._config())  # pylint: disable=protected-access
+  step.run(throughput._WARMUP.value)  # pylint: disable=protected-access
+  with tempfile.TemporaryDirectory(prefix='profile_step_') as trace_dir:
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      start = time.perf_counter()
+      step.run(_STEPS.value)
+      seconds = time.perf_counter() - start
+    summary = summarise(_trace_events(trace_dir), output_shapes(step.compiled.as_text()),
+                        _TOP.value)
+  device = jax.devices()[0]
+  row = {'date': provenance.utc_now(),
+         'command': 'python -m benchmarks.profile_step ' + shlex.join(sys.argv[1:]),
+         'commit': provenance.commit(), 'host': provenance.host(), 'platform': device.platform,
+         'load_avg_start': round(os.getloadavg()[0], 2), 'versions': provenance.versions(),
+         'xla_flags': os.environ['XLA_FLAGS'], 'model': throughput._MODEL.value,  # pylint: disable=protected-access
+         'resolution': throughput._RESOLUTION.value, 'batch': throughput._BATCH.value,  # pylint: disable=protected-access
+         'dtype': throughput._DTYPE.value, 'attention': throughput._ATTENTION.value,  # pylint: disable=protected-access
+         'steps': _STEPS.value, 'step_seconds': round(seconds / _STEPS.value, 3), **summary}
+  print(f'{seconds / _STEPS.value:.3f} s per traced step; XLA ops {summary["ops_ms"]:.0f} ms '
+        f'over {_STEPS.value} step(s)')
+  for item in summary['by_kind'][:10]:
+    print(f'{item["ms"]:10.1f} ms {item["calls"]:6d}  {item["kind"]}')
+  for item in summary['by_shape']:
+    print(f'{item["ms"]:10.1f} ms {item["calls"]:6d} x {item["ms_per_call"]:8.2f} ms  '
+          f'{item["kind"]} {item["shape"]}')
+  provenance.append_row(row, _PROFILE_OUT.value or os.path.join(
+      'benchmarks', 'results', f'{device.platform}_step_profile.jsonl'))
+
+
+if __name__ == '__main__':
+  cpu_runtime.restart_with_cpu_environment()
+  # Imported here, not at the top: its flags (--model, --resolution, --batch, --dtype,
+  # --attention, --warmup) are this program's too, and the tests import this module beside
+  # others that define --resolution.
+  from benchmarks import throughput  # pylint: disable=g-import-not-at-top,unused-import
+  app.run(main)
