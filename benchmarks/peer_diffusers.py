@@ -101,7 +101,8 @@ def serve(stdin=sys.stdin, stdout=sys.stdout) -> None:
   In: the `DiffusersStep` keyword arguments, with `batch_file`: an .npz of `BATCH_KEYS` in place
   of the arrays; then {"run": n} per round; then {"stop": true}. Out (each line prefixed with
   `PROTOCOL_PREFIX`; anything else a library prints is not a reply): the step's description
-  after one untimed step, {"seconds": s, "loss": the round's last loss} per round, and the process's peak memory at the end.
+  after one untimed step, {"seconds": s, "loss": the round's last loss} per round, and the
+  process's peak memory at the end.
   """
   import torch  # pylint: disable=g-import-not-at-top
   from benchmarks import provenance  # pylint: disable=g-import-not-at-top

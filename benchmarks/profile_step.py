@@ -1,6 +1,7 @@
 r"""Where our DiT train step's time goes: XLA's own ops, summed by kind and by output shape.
 
-  python -m benchmarks.profile_step --model=S/2 --resolution=32 --batch=32 [--profile_steps=1] [--top=15]
+  python -m benchmarks.profile_step --model=S/2 --resolution=32 --batch=32 \
+      [--profile_steps=1] [--top=15]
 
 Builds the step `benchmarks.throughput --bench=dit` times (same flags: --model, --resolution,
 --batch, --dtype, --attention), runs `--warmup` steps, then traces `--profile_steps` more with
@@ -13,7 +14,7 @@ Builds the step `benchmarks.throughput --bench=dit` times (same flags: --model, 
             transposes cost most.
 
 Ops can overlap on the worker threads, so the per-op total may differ from the wall time.
-Appends one JSON row (command, commit, host, step seconds, both tables) to `--out`.
+Appends one JSON row (command, commit, host, step seconds, both tables) to `--profile_out`.
 """
 
 from __future__ import annotations
@@ -96,10 +97,12 @@ def main(argv) -> None:
   del argv
   os.environ['XLA_FLAGS'] = ' '.join(filter(None, [os.environ.get('XLA_FLAGS'), TRACEME_FLAG]))
   import jax  # pylint: disable=g-import-not-at-top
-  from benchmarks import throughput  # pylint: disable=g-import-not-at-top
-  batch = throughput._random_batch(throughput._BATCH.value, throughput._RESOLUTION.value)  # pylint: disable=protected-access
-  step = throughput.OursDiTStep(batch, throughput._config())  # pylint: disable=protected-access
-  step.run(throughput._WARMUP.value)  # pylint: disable=protected-access
+  # pylint: disable=g-import-not-at-top,protected-access
+  from benchmarks import throughput
+  given = flags.FLAGS  # throughput's flags: the step it times, built the same way
+  step = throughput.OursDiTStep(throughput._random_batch(given.batch, given.resolution),
+                                throughput._config())
+  step.run(given.warmup)
   with tempfile.TemporaryDirectory(prefix='profile_step_') as trace_dir:
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
       start = time.perf_counter()
@@ -112,9 +115,9 @@ def main(argv) -> None:
          'command': 'python -m benchmarks.profile_step ' + shlex.join(sys.argv[1:]),
          'commit': provenance.commit(), 'host': provenance.host(), 'platform': device.platform,
          'load_avg_start': round(os.getloadavg()[0], 2), 'versions': provenance.versions(),
-         'xla_flags': os.environ['XLA_FLAGS'], 'model': throughput._MODEL.value,  # pylint: disable=protected-access
-         'resolution': throughput._RESOLUTION.value, 'batch': throughput._BATCH.value,  # pylint: disable=protected-access
-         'dtype': throughput._DTYPE.value, 'attention': throughput._ATTENTION.value,  # pylint: disable=protected-access
+         'xla_flags': os.environ['XLA_FLAGS'], 'model': given.model,
+         'resolution': given.resolution, 'batch': given.batch, 'dtype': given.dtype,
+         'attention': given.attention,
          'steps': _STEPS.value, 'step_seconds': round(seconds / _STEPS.value, 3), **summary}
   print(f'{seconds / _STEPS.value:.3f} s per traced step; XLA ops {summary["ops_ms"]:.0f} ms '
         f'over {_STEPS.value} step(s)')

@@ -10,7 +10,8 @@ diffusers' `DiTTransformer2DModel` of the same size on the same random batch (im
 labels, target; MSE loss; equal AdamW settings). Both compile / warm up first; then the two
 alternate (`--repeats` rounds of `--steps` steps each), synchronised only before and after each
 round, so a shared machine's load hits both alike. The peer runs in a process of its own
-(`--peer_process=own`, the default), which waits while ours runs. The median round gives step ms and images/s.
+(`--peer_process=own`, the default), which waits while ours runs. The median round gives step
+ms and images/s.
 --bench=diti / sdae time `train.train_step` of those methods (`methods.make_method`), --bench=data
 the grain pipeline alone on the built-in `shapes` set, --bench=devices the DiT step on 1, 2, 4, 8
 fake CPU devices (one subprocess each) at a fixed global batch.
