@@ -76,6 +76,12 @@ class DiffusersStep:
     self.optimizer.zero_grad(set_to_none=True)
     self.last_loss = loss.detach()
 
+  def peak_device_memory_bytes(self) -> int | None:
+    """The most GPU memory torch has held (None on CPU, where torch keeps no count)."""
+    if self.device.type != 'cuda':
+      return None
+    return self.torch.cuda.max_memory_allocated(self.device)
+
   def sync(self) -> None:
     if self.device.type == 'cuda':
       self.torch.cuda.synchronize()
@@ -88,6 +94,18 @@ class DiffusersStep:
       self._step()
     self.sync()
     return time.perf_counter() - start
+
+
+def start_step(**kwargs) -> tuple[DiffusersStep, dict]:
+  """Builds a `DiffusersStep` (its keyword arguments) and runs its first, untimed step
+  (torch.compile's compile, allocator warm-up); returns it with the row's description of it."""
+  start = time.perf_counter()
+  step = DiffusersStep(**kwargs)
+  step.run(1)
+  return step, {'versions': versions(), 'device_kind': step.device_kind,
+                'torch_threads': step.torch.get_num_threads(), 'autocast_bf16': step.autocast,
+                'num_params': step.num_params,
+                'compile_seconds': round(time.perf_counter() - start, 2)}
 
 
 def _reply(stream, message: dict) -> None:
@@ -104,28 +122,20 @@ def serve(stdin=sys.stdin, stdout=sys.stdout) -> None:
   after one untimed step, {"seconds": s, "loss": the round's last loss} per round, and the
   process's peak memory at the end.
   """
-  import torch  # pylint: disable=g-import-not-at-top
   from benchmarks import provenance  # pylint: disable=g-import-not-at-top
   spec = json.loads(stdin.readline())
   with np.load(spec.pop('batch_file'), allow_pickle=False) as batch:
     arrays = {key: batch[key] for key in BATCH_KEYS}
-  start = time.perf_counter()
-  step = DiffusersStep(**spec, **arrays)
-  step.run(1)  # the first step: torch.compile's compile, allocator warm-up
-  _reply(stdout, {'versions': versions(), 'device_kind': step.device_kind,
-                  'torch_threads': torch.get_num_threads(), 'autocast_bf16': step.autocast,
-                  'num_params': step.num_params,
-                  'compile_seconds': round(time.perf_counter() - start, 2)})
+  step, description = start_step(**spec, **arrays)
+  _reply(stdout, description)
   for line in stdin:
     command = json.loads(line)
     if 'run' not in command:
       break
     seconds = step.run(int(command['run']))
     _reply(stdout, {'seconds': seconds, 'loss': float(step.last_loss)})
-  _reply(stdout, {
-      'process_peak_rss_bytes': provenance.peak_rss_bytes(),
-      'peak_device_memory_bytes': (torch.cuda.max_memory_allocated(step.device)
-                                   if step.device.type == 'cuda' else None)})
+  _reply(stdout, {'process_peak_rss_bytes': provenance.peak_rss_bytes(),
+                  'peak_device_memory_bytes': step.peak_device_memory_bytes()})
 
 
 class PeerProcess:

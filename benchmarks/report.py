@@ -91,8 +91,8 @@ def memory_table(records: list[dict]) -> list[str]:
     sides = [r['side']] if r.get('side', 'both') != 'both' else ['ours', 'peer']
     for side in sides:
       numbers = r['jdiffrep'] if side == 'ours' else r['diffusers']
-      rss = (r['process_peak_rss_bytes'] if side == 'ours' or r['side'] == 'peer'
-             else numbers['process_peak_rss_bytes'])
+      # The peer's child process records its own; the row's is this process's.
+      rss = numbers.get('process_peak_rss_bytes', r['process_peak_rss_bytes'])
       lines.append(
           f'| {r["date"][:10]} | {_device(r)} | {r["model"]} | {r["resolution"]} | {r["batch"]} '
           f'| {r["dtype"]} | {r["attention"] if side == "ours" else "torch SDPA"} '

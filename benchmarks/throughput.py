@@ -282,15 +282,9 @@ def bench_dit() -> dict:
       peer = peer_diffusers.PeerProcess(spec, batch)
       info = peer.info
     else:
-      start = time.perf_counter()
-      peer = peer_diffusers.DiffusersStep(
+      peer, info = peer_diffusers.start_step(
           **spec, images=batch['image'], t=batch['t'], labels=batch['label'],
           target=batch['target'])
-      peer.run(1)  # the first step: torch.compile's compile, allocator warm-up
-      info = {'versions': peer_diffusers.versions(), 'device_kind': peer.device_kind,
-              'torch_threads': peer.torch.get_num_threads(), 'autocast_bf16': peer.autocast,
-              'num_params': peer.num_params,
-              'compile_seconds': round(time.perf_counter() - start, 2)}
     runners['diffusers'] = peer
     fields['peer_process'] = 'own' if own_process else 'shared'
     fields['peer'] = {**info, 'torch_compile': _PEER_COMPILE.value}
@@ -318,9 +312,7 @@ def bench_dit() -> dict:
     if isinstance(peer, peer_diffusers.PeerProcess):
       results['diffusers'].update(peer.close())
     else:
-      results['diffusers']['peak_device_memory_bytes'] = (
-          peer.torch.cuda.max_memory_allocated(peer.device) if peer.device.type == 'cuda'
-          else None)
+      results['diffusers']['peak_device_memory_bytes'] = peer.peak_device_memory_bytes()
   if len(results) == 2:
     results.update(records.paired_ratios(seconds['jdiffrep'], seconds['diffusers']))
     results['ratio_ours_over_peer'] = results['ratio_median']
