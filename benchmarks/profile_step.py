@@ -6,7 +6,8 @@ r"""Where our DiT train step's time goes: XLA's own ops, summed by kind and by o
 Builds the step `benchmarks.throughput --bench=dit` times (same flags: --model, --resolution,
 --batch, --dtype, --attention), runs `--warmup` steps, then traces `--profile_steps` more with
 `jax.profiler` (XLA:CPU's per-op trace events switched on with
-`--xla_cpu_enable_xprof_traceme=true`) and sums each op's time:
+`--xla_cpu_enable_xprof_traceme=true`; on GPU, command buffers off so that each kernel names
+its HLO instruction) and sums each op's time:
 
   by kind   ynn_fusion (matmuls through YNNPACK), dot / dot_general (other matmuls),
             copy_bitcast_fusion (transposes), multiply_add_fusion (element-wise) ...
@@ -14,7 +15,8 @@ Builds the step `benchmarks.throughput --bench=dit` times (same flags: --model, 
             transposes cost most.
 
 Ops can overlap on the worker threads, so the per-op total may differ from the wall time.
-Appends one JSON row (command, commit, host, step seconds, both tables) to `--profile_out`.
+Appends one JSON row (command, commit, host, step seconds, both tables) to `--profile_out`;
+`--trace_copy=FILE` keeps the raw trace too.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -39,11 +42,16 @@ from jdiffrep import cpu_runtime
 _STEPS = flags.DEFINE_integer('profile_steps', 1, 'Steps traced.', lower_bound=1)
 _TOP = flags.DEFINE_integer('top', 15, 'Rows of the by-shape table to print and record.',
                             lower_bound=1)
+_TRACE_COPY = flags.DEFINE_string(
+    'trace_copy', '', 'Also copy the raw trace (trace.json.gz) to this file, for a closer look '
+    'elsewhere (for instance in Perfetto).')
 _PROFILE_OUT = flags.DEFINE_string(
     'profile_out', '', 'JSONL file to append to (default '
     'benchmarks/results/<platform>_step_profile.jsonl; "-" for none).')
 
-TRACEME_FLAG = '--xla_cpu_enable_xprof_traceme=true'
+# XLA:CPU's per-op trace events on; XLA:GPU's command buffers (CUDA graphs) off, since kernels
+# replayed from a graph are not attributed to their HLO instructions in the trace.
+TRACE_FLAGS = '--xla_cpu_enable_xprof_traceme=true --xla_gpu_enable_command_buffer='
 
 
 def op_kind(name: str) -> str:
@@ -61,12 +69,19 @@ def output_shapes(hlo_text: str) -> dict[str, str]:
   return shapes
 
 
+def event_op(event: dict) -> str:
+  """The HLO instruction a trace event ran: on CPU the event's name; on GPU a kernel's event is
+  named after the kernel (`sm90_xmma_gemm_...`, `loop_add_fusion`) and names its instruction in
+  `args.hlo_op`."""
+  return event.get('args', {}).get('hlo_op') or event.get('name', '')
+
+
 def summarise(events: list[dict], shapes: dict[str, str], top: int) -> dict:
   """Complete trace events of XLA ops (names found in `shapes`) -> time by kind and by shape."""
   by_kind, by_shape = collections.Counter(), collections.Counter()
   kind_calls, shape_calls = collections.Counter(), collections.Counter()
   for event in events:
-    name = event.get('name', '')
+    name = event_op(event)
     if event.get('ph') != 'X' or name not in shapes:
       continue
     key = (op_kind(name), shapes[name])
@@ -85,17 +100,21 @@ def summarise(events: list[dict], shapes: dict[str, str], top: int) -> dict:
   }
 
 
-def _trace_events(trace_dir: str) -> list[dict]:
+def _trace_path(trace_dir: str) -> str:
   paths = glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True)
   if not paths:
     raise RuntimeError(f'jax.profiler wrote no trace under {trace_dir}.')
-  with gzip.open(paths[0], 'rt') as trace:
+  return paths[0]
+
+
+def _trace_events(trace_path: str) -> list[dict]:
+  with gzip.open(trace_path, 'rt') as trace:
     return json.load(trace)['traceEvents']
 
 
 def main(argv) -> None:
   del argv
-  os.environ['XLA_FLAGS'] = ' '.join(filter(None, [os.environ.get('XLA_FLAGS'), TRACEME_FLAG]))
+  os.environ['XLA_FLAGS'] = ' '.join(filter(None, [os.environ.get('XLA_FLAGS'), TRACE_FLAGS]))
   import jax  # pylint: disable=g-import-not-at-top
   # pylint: disable=g-import-not-at-top,protected-access
   from benchmarks import throughput
@@ -108,7 +127,10 @@ def main(argv) -> None:
       start = time.perf_counter()
       step.run(_STEPS.value)
       seconds = time.perf_counter() - start
-    summary = summarise(_trace_events(trace_dir), output_shapes(step.compiled.as_text()),
+    trace_path = _trace_path(trace_dir)
+    if _TRACE_COPY.value:
+      shutil.copyfile(trace_path, _TRACE_COPY.value)
+    summary = summarise(_trace_events(trace_path), output_shapes(step.compiled.as_text()),
                         _TOP.value)
   device = jax.devices()[0]
   row = {'date': provenance.utc_now(),

@@ -6,7 +6,8 @@
 #
 #   --wheelhouse DIR  first install jdiffrep and what the image lacks from DIR, offline
 #                     (pip install --no-index --find-links DIR; DIR from launch/wheelhouse.sh)
-#   --train-seconds N how long step (d) trains the shapes DM (default 120)
+#   --train-seconds N how long step (d) trains the shapes DM (default 60: the small DM's
+#                     images/s is steady after a few seconds, and the check stays near 8 minutes)
 #   --dry-run         print every step's command instead of running it
 #
 # Steps:
@@ -16,6 +17,8 @@
 #   (c) throughput: DiT-B/2 at 256 tokens, bf16, cuDNN attention, against diffusers with
 #       torch.compile and bf16 autocast; DiTi and sdae steps at CelebA size (64x64, B/4, batch
 #       128, bf16) with peak device memory;
+#       and where the DiT-B/2 step's time goes (benchmarks.profile_step: a jax.profiler trace
+#       summed by HLO op);
 #   (d) trains the `shapes` DM for --train-seconds and records its images/s;
 #   (e) appends every result to benchmarks/results/gpu_*.jsonl (device, date, versions, commit,
 #       command) and regenerates the tables (python -m benchmarks.report).
@@ -27,7 +30,7 @@ cd "$(dirname "$0")/.."
 
 dry_run=false
 wheelhouse=''
-train_seconds=120
+train_seconds=60
 while [[ $# -gt 0 ]]; do
   case $1 in
     --dry-run) dry_run=true ;;
@@ -78,6 +81,8 @@ step accelerator-tests "$python" -m pytest -q -rs -m accelerator tests/test_acce
 bench=("$python" -m benchmarks.throughput --note=gpu_check --idle_wait=0)  # device time is scarce
 step dit-b2-bf16 "${bench[@]}" --bench=dit --model=B/2 --resolution=32 --batch=256 --dtype=bfloat16 \
   --attention=cudnn --peer_compile --steps=20 --repeats=5
+step profile-dit-b2 "$python" -m benchmarks.profile_step --model=B/2 --resolution=32 --batch=256 \
+  --dtype=bfloat16 --attention=cudnn
 step diti-celeba64 "${bench[@]}" --bench=diti --model=B/4 --resolution=64 --batch=128 \
   --dtype=bfloat16 --attention=cudnn --peer=none --steps=20 --repeats=3
 step sdae-celeba64 "${bench[@]}" --bench=sdae --model=B/4 --resolution=64 --batch=128 \

@@ -231,11 +231,14 @@ def test_profile_step_sums_xla_ops_by_kind_and_shape():
             {'ph': 'X', 'name': 'ynn_fusion.3', 'dur': 1000},
             {'ph': 'X', 'name': 'copy_bitcast_fusion', 'dur': 500},
             {'ph': 'X', 'name': 'ThunkExecutor::Execute', 'dur': 9000},  # not an op: left out
-            {'ph': 'i', 'name': 'ynn_fusion.3'}]  # not a complete event: left out
+            {'ph': 'i', 'name': 'ynn_fusion.3'},  # not a complete event: left out
+            # A GPU kernel is named after itself and names its instruction in args.hlo_op.
+            {'ph': 'X', 'name': 'sm90_xmma_gemm_bf16', 'dur': 250,
+             'args': {'hlo_op': 'copy_bitcast_fusion'}}]
   summary = profile_step.summarise(events, shapes, top=5)
-  assert summary['ops_ms'] == 4.5
+  assert summary['ops_ms'] == 4.8
   assert summary['by_kind'] == [{'kind': 'ynn_fusion', 'ms': 4.0, 'calls': 2},
-                                {'kind': 'copy_bitcast_fusion', 'ms': 0.5, 'calls': 1}]
+                                {'kind': 'copy_bitcast_fusion', 'ms': 0.8, 'calls': 2}]
   assert summary['by_shape'][0] == {'kind': 'ynn_fusion', 'shape': 'f32[8,4]{1,0}', 'ms': 4.0,
                                     'calls': 2, 'ms_per_call': 2.0}
 
@@ -246,8 +249,10 @@ def test_profile_step_traces_a_real_step(tmp_path):
   import subprocess
   import sys
   out = tmp_path / 'profile.jsonl'
+  trace = tmp_path / 'trace.json.gz'
   subprocess.run([sys.executable, '-m', 'benchmarks.profile_step', '--model=XXS/4',
-                  '--resolution=8', '--batch=2', '--warmup=1', f'--profile_out={out}'],
+                  '--resolution=8', '--batch=2', '--warmup=1', f'--profile_out={out}',
+                  f'--trace_copy={trace}'],
                  check=True, capture_output=True, text=True,
                  cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   row = json.loads(out.read_text())
@@ -256,3 +261,9 @@ def test_profile_step_traces_a_real_step(tmp_path):
   assert any(kind.startswith(('ynn', 'dot', 'xnn', 'onednn')) for kind in kinds), kinds
   assert 0 < row['ops_ms'] and 0 < row['step_seconds']
   assert row['model'] == 'XXS/4' and row['batch'] == 2
+  # The raw trace is kept, and it holds the ops the row sums.
+  import gzip
+  from benchmarks import profile_step
+  with gzip.open(trace, 'rt') as raw:
+    traced = {profile_step.op_kind(event.get('name', '')) for event in json.load(raw)['traceEvents']}
+  assert kinds <= traced, kinds - traced
