@@ -129,7 +129,7 @@ def _gpu_check_steps(*args: str) -> dict[str, list[str]]:
 def test_gpu_check_prints_every_step():
   steps = _gpu_check_steps('--wheelhouse', '/wh', '--train-seconds', '90')
   assert list(steps) == ['install', 'versions', 'device', 'accelerator-tests', 'dit-b2-bf16',
-                         'diti-celeba64', 'sdae-celeba64', 'train-shapes-dm', 'tables']
+                         'profile-dit-b2', 'diti-celeba64', 'sdae-celeba64', 'train-shapes-dm', 'tables']
   install = steps['install']
   assert install[1:4] == ['-m', 'pip', 'install'] and '--no-index' in install
   assert install[install.index('--find-links') + 1] == '/wh' and install[-1] == 'jdiffrep[peer]'
@@ -139,6 +139,10 @@ def test_gpu_check_prints_every_step():
   dit = _flags(steps['dit-b2-bf16'])
   assert (dit['bench'], dit['model'], dit['resolution']) == ('dit', 'B/2', '32')  # 256 tokens
   assert (dit['dtype'], dit['attention'], dit['peer_compile']) == ('bfloat16', 'cudnn', True)
+  profile = _flags(steps['profile-dit-b2'])  # the same step as dit-b2-bf16, traced
+  assert steps['profile-dit-b2'][1:3] == ['-m', 'benchmarks.profile_step']
+  assert {key: profile[key] for key in ('model', 'resolution', 'batch', 'dtype', 'attention')} == {
+      key: dit[key] for key in ('model', 'resolution', 'batch', 'dtype', 'attention')}
   for name, bench in (('diti-celeba64', 'diti'), ('sdae-celeba64', 'sdae')):
     flags = _flags(steps[name])
     assert (flags['bench'], flags['model'], flags['resolution'], flags['batch']) == (
