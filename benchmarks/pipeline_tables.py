@@ -534,12 +534,14 @@ def render_long_history(rows: list[dict]) -> str:
 
 # {README path relative to the repository root: {block name: renderer of the rows}}
 BLOCKS: dict[str, dict[str, Callable[[list[dict]], str]]] = {
-    'README.md': {'shapes_default': render_default, 'shapes_long_seeds': render_long_seeds,
+    'README.md': {'shapes_default': render_default, 'shapes_long_run': render_long_run,
+                  'shapes_long_seeds': render_long_seeds,
                   'shapes_long_sdae_seeds': render_long_sdae_seeds},
     'benchmarks/README.md': {
         'shapes_long_seeds': render_long_seeds,
         'shapes_long_sdae_seeds': render_long_sdae_seeds,
         'shapes_long_diti': render_long_history,
+        'shapes_long_run': render_long_run,
         'shapes_ssl': render_ssl,
         'shapes_pipelines': render_history,
         'shapes_default20f': render_run('runs/default20f'),
