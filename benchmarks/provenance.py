@@ -65,6 +65,14 @@ def host() -> str:
   return f'{platform.machine()}, {cpu_model()}, {cores()} cores usable'
 
 
+def platform_of(device_kind: str) -> str:
+  """'cpu', 'gpu' or 'tpu' from a JAX device_kind ('cpu', 'NVIDIA H200', 'TPU v5 lite'), for a
+  parent that never starts a backend itself: the results file's prefix."""
+  if 'tpu' in device_kind.lower():
+    return 'tpu'
+  return 'cpu' if device_kind.lower() == 'cpu' else 'gpu'
+
+
 def peak_rss_bytes() -> int:
   """The most resident memory this process has held so far (Linux reports KiB)."""
   import resource  # pylint: disable=g-import-not-at-top

@@ -42,12 +42,6 @@ _START_TIMEOUT = flags.DEFINE_float('start_timeout', 900.0, 'Seconds allowed for
 COMPILED_MARKER = 'Compiled train step'
 
 
-def _platform(device_kind: str) -> str:
-  if 'tpu' in device_kind.lower():
-    return 'tpu'
-  return 'cpu' if device_kind.lower() == 'cpu' else 'gpu'
-
-
 def _stage_results(workdir: str) -> dict:
   """The one training stage's results from the pipeline's merged results.json."""
   with open(os.path.join(workdir, 'results.json')) as f:
@@ -99,7 +93,7 @@ def main(argv) -> None:
       'trainer_command': command,
       'bench': 'train_speed',
       'commit': provenance.commit(),
-      'platform': _platform(results['device_kind']),
+      'platform': provenance.platform_of(results['device_kind']),
       'device_kind': results['device_kind'],
       'device_count': results['devices'],
       'host': provenance.host(),

@@ -9,9 +9,11 @@ every process. TPU slices, SLURM and Open MPI jobs are detected; elsewhere pass
 JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); see `jdiffrep/distributed.py`.
 
 `--compile_only` compiles the train step of every training stage on the current devices and
-prints its parameter count, per-device memory and FLOPs per step, then exits without training.
+prints its parameter count, per-device memory and FLOPs per step (also written, per stage, to
+`<workdir>/compile_report.json`), then exits without training.
 """
 
+import json
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # quiet TensorFlow, where it is installed
@@ -43,6 +45,8 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'Multi-process: index of this process, 0..N-1 (default $JAX_PROCESS_ID).')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+COMPILE_REPORT = 'compile_report.json'  # --compile_only's reports, {stage: report}
 
 
 def training_stage_configs(config) -> list:
@@ -79,11 +83,16 @@ def main(argv):
   _CONFIG.value.pipeline = config_lib.split_pipeline(_CONFIG.value.pipeline)
   if _COMPILE_ONLY.value:
     config_lib.validate_config(_CONFIG.value)
+    reports = {}
     for stage, stage_config in training_stage_configs(_CONFIG.value):
-      report = train.compile_only(stage_config, str(epath.Path(_WORKDIR.value) / stage)
-                                  if _CONFIG.value.pipeline else _WORKDIR.value)
+      reports[stage] = train.compile_only(stage_config, str(epath.Path(_WORKDIR.value) / stage)
+                                          if _CONFIG.value.pipeline else _WORKDIR.value)
       if jax.process_index() == 0:
-        print(format_compile_report(stage, report), flush=True)
+        print(format_compile_report(stage, reports[stage]), flush=True)
+    if jax.process_index() == 0:
+      workdir = epath.Path(_WORKDIR.value)
+      workdir.mkdir(parents=True, exist_ok=True)
+      (workdir / COMPILE_REPORT).write_text(json.dumps(reports, indent=2))
     return
   run.run(_CONFIG.value, _WORKDIR.value)
 

@@ -19,7 +19,9 @@
 #       128, bf16) with peak device memory;
 #       and where the DiT-B/2 step's time goes (benchmarks.profile_step: a jax.profiler trace
 #       summed by HLO op);
-#   (d) trains the `shapes` DM for --train-seconds and records its images/s;
+#   (d) compiles configs/celeba.py's DiTi and sdae steps at the config's batch and records XLA's
+#       per-device memory (benchmarks.compile_memory: --compile_only, no data needed), then
+#       trains the `shapes` DM for --train-seconds and records its images/s;
 #   (e) appends every result to benchmarks/results/gpu_*.jsonl (device, date, versions, commit,
 #       command) and regenerates the tables (python -m benchmarks.report).
 # A CUDA image with jax, flax, optax, orbax-checkpoint, torch and tensorboard needs only the
@@ -44,26 +46,8 @@ while [[ $# -gt 0 ]]; do
 done
 
 python=${PYTHON:-python3}
-failed=()
-
-# step NAME CMD...: prints the step and its command; runs it unless --dry-run. A failing step
-# is reported at the end and does not stop the steps after it.
-step() {
-  local name=$1
-  shift
-  printf -v quoted '%q ' "$@"
-  echo "== ($name) ${quoted% }"
-  if $dry_run; then
-    return 0
-  fi
-  local start=$SECONDS
-  if "$@"; then
-    echo "-- ($name) done in $((SECONDS - start)) s"
-  else
-    echo "-- ($name) FAILED (exit $?) after $((SECONDS - start)) s"
-    failed+=("$name")
-  fi
-}
+# shellcheck source=launch/steps.sh
+source launch/steps.sh
 
 if [[ -n $wheelhouse ]]; then
   # jdiffrep's own wheel is in the wheelhouse: nothing is built, nothing is fetched.
@@ -88,15 +72,12 @@ step diti-celeba64 "${bench[@]}" --bench=diti --model=B/4 --resolution=64 --batc
 step sdae-celeba64 "${bench[@]}" --bench=sdae --model=B/4 --resolution=64 --batch=128 \
   --dtype=bfloat16 --attention=cudnn --peer=none --steps=20 --repeats=3
 
+# XLA's per-device memory of the CelebA config's DiTi and sdae steps at its batch (no data read).
+step celeba-memory "$python" -m benchmarks.compile_memory --config=configs/celeba.py \
+  --note=gpu_check -- --config.pipeline=diti,sdae
 step train-shapes-dm "$python" -m benchmarks.train_speed --config=configs/shapes.py:ddpm \
   --seconds="$train_seconds" --note=gpu_check
 
 step tables "$python" -m benchmarks.report
 
-if ! $dry_run; then
-  if [[ ${#failed[@]} -gt 0 ]]; then
-    echo "gpu_check: failed steps: ${failed[*]}"
-    exit 1
-  fi
-  echo 'gpu_check: all steps done; results in benchmarks/results/gpu_*.jsonl'
-fi
+finish gpu_check

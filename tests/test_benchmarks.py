@@ -152,6 +152,33 @@ def test_report_puts_one_side_rows_in_the_memory_table_not_the_ratio_table():
   assert '| diffusers (paired run) | 10200 | 4.25 | abcdef0 |' in memory_table
 
 
+def test_report_puts_gpu_tune_variants_in_their_own_table_with_their_flags():
+  from benchmarks import report  # pylint: disable=g-import-not-at-top
+
+  base = {'date': '2026-12-04T00:00:00+00:00', 'bench': 'dit', 'platform': 'gpu',
+          'device_kind': 'NVIDIA H200', 'device_count': 1, 'host': 'x86_64, 16 cores usable',
+          'model': 'B/2', 'resolution': 32, 'batch': 256, 'dtype': 'bfloat16',
+          'attention': 'cudnn', 'side': 'both', 'load_avg_start': 3.0, 'load_avg_end': 2.0,
+          'busy': False, 'commit': 'abcdef0123'}
+  paired = {**base, 'note': 'gpu_check', 'environment': {'XLA_FLAGS': None},
+            'jdiffrep': {'images_per_sec': 2933.0, 'step_ms': 87.28, 'mfu': 0.4091},
+            'diffusers': {'images_per_sec': 2881.0, 'step_ms': 88.85}, 'ratio_median': 1.015,
+            'ratio_range': [1.014, 1.021], 'ratio_ours_over_peer': 1.015}
+  plain = {**base, 'note': 'gpu_tune baseline', 'environment': {'XLA_FLAGS': ''},
+           'jdiffrep': {'images_per_sec': 2940.0, 'step_ms': 87.07, 'mfu': 0.4101}}
+  flagged = {**base, 'note': 'gpu_tune no-triton-gemm', 'batch': 512,
+             'environment': {'XLA_FLAGS': '--xla_gpu_enable_triton_gemm=false'},
+             'jdiffrep': {'images_per_sec': 3001.0, 'step_ms': 170.6, 'mfu': 0.4185}}
+  text = report.render([paired, plain, flagged])
+  ratio_table, tune_table = text.split('#### Variants of one step')
+  assert '| 87.28 |' in ratio_table and '87.07' not in ratio_table and '170.6' not in ratio_table
+  assert ('| baseline | (none) | B/2 | 32 | 256 | cudnn | 2940.0 | 87.07 | 41.0 % | abcdef0 |'
+          in tune_table)
+  assert ('| no-triton-gemm | `--xla_gpu_enable_triton_gemm=false` | B/2 | 32 | 512 | cudnn '
+          '| 3001.0 | 170.6 | 41.9 % | abcdef0 |' in tune_table)
+  assert '#### Peak memory' not in text  # neither kind of row has per-side memory
+
+
 def test_every_module_the_tests_import_shares_one_process_without_flag_clashes():
   """pytest-xdist puts any test files in one worker: their modules' absl flags must not clash.
 
@@ -267,3 +294,41 @@ def test_profile_step_traces_a_real_step(tmp_path):
   with gzip.open(trace, 'rt') as raw:
     traced = {profile_step.op_kind(event.get('name', '')) for event in json.load(raw)['traceEvents']}
   assert kinds <= traced, kinds - traced
+
+
+def test_compile_memory_records_each_stage_as_compile_only_reports_it(tmp_path):
+  import json
+  import os
+  import subprocess
+  import sys
+  from benchmarks import report
+  from configs import shapes
+  from jdiffrep import config as config_lib
+  from jdiffrep import methods
+  from jdiffrep import train
+  out = tmp_path / 'compile.jsonl'
+  subprocess.run([sys.executable, '-m', 'benchmarks.compile_memory',
+                  '--config=configs/shapes.py:ddpm', f'--out={out}', '--note=test', '--',
+                  '--config.model.name=XXS/8', '--config.batch_size=8'],
+                 check=True, capture_output=True, text=True,
+                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+  assert (row['bench'], row['platform'], row['config'], row['busy']) == (
+      'compile_memory', 'cpu', 'configs/shapes.py:ddpm', False)
+  assert row['commit'] and row['versions']['jax'] == jax.__version__
+  assert list(row['stages']) == ['ddpm']
+  stage = row['stages']['ddpm']
+  config = config_lib.stage_config(shapes.get_config('ddpm'), 'ddpm')
+  config.model.name = 'XXS/8'
+  method = methods.make_method(config, (32, 32, 3))
+  tx, _ = train.make_optimizer(config.optim)
+  assert stage['num_params'] == train.count_params(train.abstract_train_state(method, tx).params)
+  assert (stage['model'], stage['batch_size'], stage['devices']) == ('XXS/8', 8, jax.device_count())
+  memory = stage['per_device_memory_bytes']
+  assert memory['temp'] > 0 and memory['argument'] > 0
+  assert memory['peak_estimate'] == (memory['argument'] + memory['output'] - memory['alias']
+                                     + memory['temp'])
+  # The report's table shows the row, one line per stage.
+  (line,) = report.compile_memory_table([row])[2:]
+  assert f'| configs/shapes.py:ddpm | ddpm | XXS/8 | 8 |' in line
+  assert f'| {memory["peak_estimate"] / 2**30:.2f} |' in line

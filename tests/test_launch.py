@@ -113,9 +113,9 @@ def test_slurm_srun_one_process_per_gpu():
                   '--config.model.dtype=bfloat16', '--config.batch_size=512']
 
 
-def _gpu_check_steps(*args: str) -> dict[str, list[str]]:
-  """{step name: argv} of the steps `gpu_check.sh --dry-run` prints ('== (name) command')."""
-  proc = subprocess.run(['bash', os.path.join(LAUNCH, 'gpu_check.sh'), '--dry-run', *args],
+def _gpu_check_steps(*args: str, script: str = 'gpu_check.sh') -> dict[str, list[str]]:
+  """{step name: argv} of the steps `SCRIPT --dry-run` prints ('== (name) command')."""
+  proc = subprocess.run(['bash', os.path.join(LAUNCH, script), '--dry-run', *args],
                         capture_output=True, text=True, timeout=60)
   assert proc.returncode == 0, proc.stderr
   steps = {}
@@ -129,7 +129,8 @@ def _gpu_check_steps(*args: str) -> dict[str, list[str]]:
 def test_gpu_check_prints_every_step():
   steps = _gpu_check_steps('--wheelhouse', '/wh', '--train-seconds', '90')
   assert list(steps) == ['install', 'versions', 'device', 'accelerator-tests', 'dit-b2-bf16',
-                         'profile-dit-b2', 'diti-celeba64', 'sdae-celeba64', 'train-shapes-dm', 'tables']
+                         'profile-dit-b2', 'diti-celeba64', 'sdae-celeba64', 'celeba-memory',
+                         'train-shapes-dm', 'tables']
   install = steps['install']
   assert install[1:4] == ['-m', 'pip', 'install'] and '--no-index' in install
   assert install[install.index('--find-links') + 1] == '/wh' and install[-1] == 'jdiffrep[peer]'
@@ -148,9 +149,30 @@ def test_gpu_check_prints_every_step():
     assert (flags['bench'], flags['model'], flags['resolution'], flags['batch']) == (
         bench, 'B/4', '64', '128')
     assert flags['dtype'] == 'bfloat16'
+  memory = steps['celeba-memory']  # the CelebA config's DiTi and sdae steps, compiled only
+  assert memory[1:3] == ['-m', 'benchmarks.compile_memory']
+  assert _flags(memory)['config'] == 'configs/celeba.py'
+  assert memory[memory.index('--') + 1:] == ['--config.pipeline=diti,sdae']
   assert _flags(steps['train-shapes-dm'])['seconds'] == '90'
   assert steps['tables'][1:] == ['-m', 'benchmarks.report']
   assert 'install' not in _gpu_check_steps()  # no wheelhouse, nothing installed
+
+
+def test_gpu_tune_times_each_variant_of_the_b2_step_alone():
+  steps = _gpu_check_steps('--wheelhouse', '/wh', script='gpu_tune.sh')
+  assert list(steps) == ['install', 'baseline', 'attention-xla', 'batch-512', 'no-command-buffer',
+                         'no-triton-gemm', 'latency-hiding', 'cublaslt', 'tables']
+  for name in list(steps)[1:-1]:
+    env, xla_flags, *argv = steps[name]
+    assert env == 'env' and xla_flags.startswith('XLA_FLAGS=')
+    flags = _flags(argv)  # absl: the last of a repeated flag wins, as here
+    assert argv[1:3] == ['-m', 'benchmarks.throughput'] and flags['note'] == f'gpu_tune {name}'
+    assert (flags['bench'], flags['model'], flags['resolution'], flags['dtype'], flags['peer']) == (
+        'dit', 'B/2', '32', 'bfloat16', 'none')
+    expected = {'attention-xla': ('xla', '256'), 'batch-512': ('cudnn', '512')}
+    assert (flags['attention'], flags['batch']) == expected.get(name, ('cudnn', '256'))
+  assert steps['baseline'][1] == 'XLA_FLAGS='
+  assert steps['no-triton-gemm'][1] == 'XLA_FLAGS=--xla_gpu_enable_triton_gemm=false'
 
 
 def test_accelerator_tests_are_reported_skipped_on_cpu():

@@ -12,6 +12,7 @@ A wrong gradient (a missing or doubled all-reduce) changes losses, gradient norm
 far beyond that.
 """
 
+import json
 import os
 import re
 import socket
@@ -176,6 +177,10 @@ def test_compile_only_reports_params_memory_and_flops(shapes_data_dir, tmp_path)
   config.model.name = 'XXS/8'
   stages = out.split('[diti]')
   assert len(stages) == 2 and stages[0].startswith('[ddpm]'), out
+  # Nothing trained: the workdir holds the report alone.
+  assert [path.name for path in workdir.iterdir()] == ['compile_report.json']
+  reports = json.loads((workdir / 'compile_report.json').read_text())
+  assert list(reports) == ['ddpm', 'diti']
   for stage, text in zip(('ddpm', 'diti'), stages):
     method = methods.make_method(config_lib.stage_config(config, stage), (32, 32, 3),
                                  workdir=str(workdir / stage))
@@ -193,4 +198,12 @@ def test_compile_only_reports_params_memory_and_flops(shapes_data_dir, tmp_path)
     whole = sum(x.size * x.dtype.itemsize
                 for x in jax.tree.leaves((state, method.abstract_frozen())))
     assert 0 < _reported_bytes('arguments', text) < whole
-  assert not workdir.exists()  # nothing trained, nothing written
+    # The same report, unrounded, in compile_report.json (benchmarks.compile_memory reads it).
+    report = reports[stage]
+    assert (report['num_params'], report['batch_size'], report['mesh']) == (
+        num_params, 16, {'data': 2, 'fsdp': 2})
+    memory = report['per_device_memory_bytes']
+    for name, key in (('arguments', 'argument'), ('temporaries', 'temp')):
+      assert abs(_reported_bytes(name, text) - memory[key]) <= 0.01 * memory[key]
+    assert memory['peak_estimate'] == (memory['argument'] + memory['output'] - memory['alias']
+                                       + memory['temp'])
