@@ -13,13 +13,26 @@ from jdiffrep import cpu_runtime
 README = pathlib.Path(__file__).resolve().parents[1] / 'README.md'
 
 
+SCHEDULER = '--xla_cpu_enable_concurrency_optimized_scheduler'
+
+
 def test_missing_environment_adds_the_tunable_and_keeps_the_users_values():
-  assert cpu_runtime.missing_environment({}) == {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}
-  assert cpu_runtime.missing_environment({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}) == {
-      'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1'}
+  flags_set = {'XLA_FLAGS': f'{SCHEDULER}=false'}
+  assert cpu_runtime.missing_environment({}) == {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1',
+                                                 'XLA_FLAGS': f'{SCHEDULER}=false'}
+  assert cpu_runtime.missing_environment(
+      {'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2', **flags_set}) == {
+          'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1'}
   # Already set (to ours, or on purpose to something else): nothing to do.
-  assert cpu_runtime.missing_environment({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}) == {}
-  assert cpu_runtime.missing_environment({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}) == {}
+  assert cpu_runtime.missing_environment(
+      {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1', **flags_set}) == {}
+  assert cpu_runtime.missing_environment(
+      {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0', 'XLA_FLAGS': f' {SCHEDULER}=true '}) == {}
+  # The user's other XLA flags stay, ours is appended.
+  assert cpu_runtime.missing_environment(
+      {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1',
+       'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}) == {
+           'XLA_FLAGS': f'--xla_force_host_platform_device_count=8 {SCHEDULER}=false'}
   assert not cpu_runtime.applies({cpu_runtime.OPT_OUT: '0'})
 
 
@@ -38,14 +51,35 @@ def test_restart_reexecutes_the_command_once_with_the_settings(opt_out):
   if not cpu_runtime.applies({}):
     pytest.skip('no glibc >= 2.35 here, or an accelerator plugin is installed: nothing to apply')
   env = {k: v for k, v in os.environ.items() if k not in cpu_runtime.CPU_ENVIRONMENT}
+  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
   if opt_out:
     env[cpu_runtime.OPT_OUT] = '0'
   code = ('import os, sys; print("start", flush=True); from jdiffrep import cpu_runtime; '
           'cpu_runtime.restart_with_cpu_environment(); '
-          'print(os.environ.get("GLIBC_TUNABLES"), sys.argv[1:])')
+          'print(os.environ.get("GLIBC_TUNABLES"), sys.argv[1:], flush=True); '
+          'print(os.environ["XLA_FLAGS"])')
   out = subprocess.run([sys.executable, '-c', code, 'arg1', '--flag=2'], env=env, check=True,
                        capture_output=True, text=True).stdout.splitlines()
   if opt_out:
-    assert out == ['start', "None ['arg1', '--flag=2']"]
-  else:  # the command ran twice: once as given, once (to the end) with the tunable
-    assert out == ['start', 'start', "glibc.malloc.hugetlb=1 ['arg1', '--flag=2']"]
+    assert out == ['start', "None ['arg1', '--flag=2']", '--xla_force_host_platform_device_count=2']
+  else:  # the command ran twice: once as given, once (to the end) with the settings
+    assert out == ['start', 'start', "glibc.malloc.hugetlb=1 ['arg1', '--flag=2']",
+                   f'--xla_force_host_platform_device_count=2 {SCHEDULER}=false']
+
+
+def test_the_scheduler_flag_lowers_xlas_memory_for_the_dit_step():
+  """What the flag is for: XLA's temporary buffers of a DiT train step (compile only)."""
+  code = ('import jax, jax.numpy as jnp, optax\n'
+          'from jdiffrep.models import dit\n'
+          'model = dit.dit_from_name("XS/2", attention_impl="head_major")\n'
+          'x, t = jnp.zeros((8, 16, 16, 3)), jnp.zeros((8,), jnp.int32)\n'
+          'params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t)["params"]\n'
+          'loss = lambda p: jnp.mean(jnp.square(model.apply({"params": p}, x, t) - x))\n'
+          'compiled = jax.jit(jax.grad(loss)).lower(params).compile()\n'
+          'print(compiled.memory_analysis().temp_size_in_bytes)\n')
+  temp = {}
+  for value in ('true', 'false'):
+    env = {**os.environ, 'XLA_FLAGS': f'{SCHEDULER}={value}', 'JAX_PLATFORMS': 'cpu'}
+    temp[value] = int(subprocess.run([sys.executable, '-c', code], env=env, check=True,
+                                     capture_output=True, text=True).stdout.split()[-1])
+  assert temp['false'] < 0.9 * temp['true'], temp
