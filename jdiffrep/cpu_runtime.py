@@ -12,8 +12,8 @@ XLA:CPU's default scheduler orders a step to run independent ops side by side, a
 the backward pass's recomputations (the attention probabilities) during the forward pass; the
 memory-minimising scheduler keeps them where they are needed. At DiT-S/2, batch 32, XLA's
 temporary buffers fell from 5.03 to 3.47 GiB (with the attention backward of
-`models/attention.py`), the process's peak RSS from 6.0 to 4.5 GiB, and the step was no slower
-(benchmarks/README.md, "CPU runtime settings"). The other flags tried (YNNPACK fusion off,
+`models/attention.py`), the process's peak RSS from 6.0 to 4.5 GiB, and the step took 10 % less
+time (benchmarks/README.md, "CPU runtime settings"). The other flags tried (YNNPACK fusion off,
 oneDNN, XNNPACK, fast math, 512-bit vectors) did not make the step faster.
 
 It applies only where it can matter: Linux with glibc >= 2.35, no accelerator plugin for JAX
