@@ -45,15 +45,10 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 
-python=${PYTHON:-python3}
 # shellcheck source=launch/steps.sh
-source launch/steps.sh
+source launch/steps.sh  # step, install_from, finish; $python
 
-if [[ -n $wheelhouse ]]; then
-  # jdiffrep's own wheel is in the wheelhouse: nothing is built, nothing is fetched.
-  step install "$python" -m pip install --quiet --no-index --find-links "$wheelhouse" \
-    'jdiffrep[peer]'
-fi
+install_from "$wheelhouse"
 
 step versions "$python" -m benchmarks.provenance
 if command -v nvidia-smi > /dev/null || $dry_run; then

@@ -24,14 +24,10 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 
-python=${PYTHON:-python3}
 # shellcheck source=launch/steps.sh
-source launch/steps.sh
+source launch/steps.sh  # step, install_from, finish; $python
 
-if [[ -n $wheelhouse ]]; then
-  step install "$python" -m pip install --quiet --no-index --find-links "$wheelhouse" \
-    'jdiffrep[peer]'
-fi
+install_from "$wheelhouse"
 
 b2=(-m benchmarks.throughput --idle_wait=0 --bench=dit --model=B/2 --resolution=32
     --dtype=bfloat16 --peer=none --steps=20 --repeats=3)

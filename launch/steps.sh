@@ -1,7 +1,10 @@
 # Sourced by launch/gpu_check.sh and launch/gpu_tune.sh: `step NAME CMD...` prints the step and
 # its command ('== (NAME) CMD'), and runs it unless $dry_run is true. A failing step is reported
 # ('-- (NAME) FAILED') and added to the array `failed`; the steps after it still run.
-# `finish NAME` ends the script: exit 1 naming the failed steps, if any.
+# `install_from WHEELHOUSE` is the step that installs jdiffrep[peer] offline from a wheelhouse
+# (launch/wheelhouse.sh), when one is named. `finish NAME` ends the script: exit 1 naming the
+# failed steps, if any. `$python` is the interpreter the steps run ($PYTHON, else python3).
+python=${PYTHON:-python3}
 failed=()
 
 step() {
@@ -18,6 +21,13 @@ step() {
   else
     echo "-- ($name) FAILED (exit $?) after $((SECONDS - start)) s"
     failed+=("$name")
+  fi
+}
+
+install_from() {
+  if [[ -n $1 ]]; then
+    # jdiffrep's own wheel is in the wheelhouse: nothing is built, nothing is fetched.
+    step install "$python" -m pip install --quiet --no-index --find-links "$1" 'jdiffrep[peer]'
   fi
 }
 
