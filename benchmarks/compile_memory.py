@@ -58,12 +58,7 @@ def row_of(reports: dict, config: str, command: str, note: str) -> dict:
       'command': 'python -m benchmarks.compile_memory ' + shlex.join(sys.argv[1:]),
       'compile_command': command,
       'bench': 'compile_memory',
-      'commit': provenance.commit(),
-      'platform': provenance.platform_of(first['device_kind']),
-      'device_kind': first['device_kind'],
-      'device_count': first['devices'],
-      'host': provenance.host(),
-      'versions': provenance.versions(),
+      **provenance.child_run_fields(first['device_kind'], first['devices']),
       'busy': False,  # compile-time estimates do not depend on the machine's load
       'note': note,
       'config': config,

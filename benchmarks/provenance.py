@@ -73,6 +73,14 @@ def platform_of(device_kind: str) -> str:
   return 'cpu' if device_kind.lower() == 'cpu' else 'gpu'
 
 
+def child_run_fields(device_kind: str, device_count: int) -> dict:
+  """A row's provenance when a child process (the CLI) ran on the devices and this one did not:
+  commit, platform, the child's devices, this host, and the package versions (imports only,
+  so the device stays the child's)."""
+  return {'commit': commit(), 'platform': platform_of(device_kind), 'device_kind': device_kind,
+          'device_count': device_count, 'host': host(), 'versions': versions()}
+
+
 def peak_rss_bytes() -> int:
   """The most resident memory this process has held so far (Linux reports KiB)."""
   import resource  # pylint: disable=g-import-not-at-top

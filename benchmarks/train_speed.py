@@ -92,12 +92,7 @@ def main(argv) -> None:
       'command': 'python -m benchmarks.train_speed ' + shlex.join(sys.argv[1:]),
       'trainer_command': command,
       'bench': 'train_speed',
-      'commit': provenance.commit(),
-      'platform': provenance.platform_of(results['device_kind']),
-      'device_kind': results['device_kind'],
-      'device_count': results['devices'],
-      'host': provenance.host(),
-      'versions': provenance.versions(),  # imports only: the device stays the child's
+      **provenance.child_run_fields(results['device_kind'], results['devices']),
       'load_avg_start': load,
       'load_avg_end': round(os.getloadavg()[0], 2),
       'note': _NOTE.value,
