@@ -1,11 +1,30 @@
 """Process settings the project sets for CPU runs, documented in the README ("CPU runs").
 
-XLA:CPU allocates every large intermediate of a train step afresh on each step; on Linux those
-are fresh 4 KiB pages, so a DiT-S/2 step at batch 32 took about 1.9 million page faults (7 GB of
-first touches) per step. glibc's `glibc.malloc.hugetlb=1` tunable makes malloc ask for
-transparent huge pages (2 MiB), which cut the faults 25-fold and the step by about 15 %
-(benchmarks/README.md, "CPU runtime settings"). A tunable is read only when the process starts,
-so `restart_with_cpu_environment()` re-executes the same command once with it set.
+XLA:CPU allocates a train step's intermediates afresh on every step: one block for all of them
+(3.47 GiB at DiT-S/2, batch 32), from glibc's malloc. glibc maps a block that large with mmap
+and unmaps it when it is freed, so every step touches 3.47 GiB of pages new to the process,
+and the kernel zeroes each one on its first touch. That costs at least a copy of the memory,
+and far more where the host takes freed memory back (virtual machines with free page
+reporting, such as the one the benchmarks ran on: a freed page touched again a few seconds
+later was written at 0.1-0.3 GB/s, against 4-6 GB/s for a page the process kept). In a
+profile of the S/2 step, 45 % of all CPU time was the kernel's `clear_page_erms`.
+So the tunables keep freed memory in the process for the next step:
+`glibc.malloc.arena_max=1` (one heap: other threads' heaps map large blocks whatever the other
+settings say), `glibc.malloc.mmap_max=0` (large blocks from the heap, not from their own
+mappings) and `glibc.malloc.trim_threshold` above any machine's memory (the heap is never given
+back). The step fell from 13.4-13.9 to 8.7 s there; `glibc.malloc.hugetlb=1` makes the heap use
+transparent huge pages (2 MiB), which cut the page faults 25-fold where memory is returned.
+
+The memory then needs steps that do not overlap: XLA:CPU dispatches asynchronously, so the next
+step's block can be allocated while the previous one is still held, and glibc 2.36 cannot reuse
+a freed block for an aligned request of the same size (`posix_memalign` asks for the size plus
+the alignment); with two steps in flight the S/2 process grew to 19 GB. `JAX_CONFIG` turns
+CPU dispatch synchronous (`jax_cpu_enable_async_dispatch=False`): each step's computation runs
+in the caller's thread, and its block is freed before the next step asks. The peak RSS stays
+that of one step (4.6 GB at S/2); the step time is the same within the noise.
+
+A tunable is read only when the process starts, so `restart_with_cpu_environment()`
+re-executes the same command once with them set, then sets `JAX_CONFIG`.
 
 One XLA flag is added to XLA_FLAGS: `--xla_cpu_enable_concurrency_optimized_scheduler=false`.
 XLA:CPU's default scheduler orders a step to run independent ops side by side, and so starts
@@ -30,7 +49,11 @@ import sys
 from typing import Mapping
 
 # Variable -> tunables this project adds (colon-separated, as glibc reads GLIBC_TUNABLES).
-CPU_ENVIRONMENT: dict[str, str] = {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}
+CPU_ENVIRONMENT: dict[str, str] = {'GLIBC_TUNABLES': ':'.join((
+    'glibc.malloc.hugetlb=1', 'glibc.malloc.arena_max=1', 'glibc.malloc.mmap_max=0',
+    f'glibc.malloc.trim_threshold={1 << 40}'))}
+# JAX options this project sets on CPU, in the process that runs (see the module docstring).
+JAX_CONFIG: dict[str, object] = {'jax_cpu_enable_async_dispatch': False}
 # The XLA flags this project adds to XLA_FLAGS on CPU (see the module docstring).
 CPU_XLA_FLAGS: tuple[str, ...] = ('--xla_cpu_enable_concurrency_optimized_scheduler=false',)
 OPT_OUT = 'JDIFFREP_CPU_ENVIRONMENT'
@@ -80,12 +103,17 @@ def applies(environ: Mapping[str, str]) -> bool:
 def restart_with_cpu_environment() -> None:
   """Re-execute this process's command line with CPU_ENVIRONMENT, once, where it applies.
 
-  Call it first thing in a `__main__` block (before JAX starts threads or allocates).
+  Call it first thing in a `__main__` block (before JAX starts threads or allocates). In the
+  process that goes on (the re-executed one, or this one where nothing was missing), it also sets
+  JAX_CONFIG, which must happen before JAX creates its CPU client.
   """
   if not applies(os.environ):
     return
   missing = missing_environment(os.environ)
   if not missing:
+    import jax  # pylint: disable=g-import-not-at-top
+    for name, value in JAX_CONFIG.items():
+      jax.config.update(name, value)
     return
   sys.stdout.flush()
   sys.stderr.flush()
