@@ -12,8 +12,9 @@ So the tunables keep freed memory in the process for the next step:
 `glibc.malloc.arena_max=1` (one heap: other threads' heaps map large blocks whatever the other
 settings say), `glibc.malloc.mmap_max=0` (large blocks from the heap, not from their own
 mappings) and `glibc.malloc.trim_threshold` above any machine's memory (the heap is never given
-back). The step fell from 13.4-13.9 to 8.7 s there; `glibc.malloc.hugetlb=1` makes the heap use
-transparent huge pages (2 MiB), which cut the page faults 25-fold where memory is returned.
+back). The paired S/2 step fell from 21.9 to 9.49 s there (benchmarks/README.md).
+`glibc.malloc.hugetlb=1` makes the heap use transparent huge pages (2 MiB), which cut the page
+faults 25-fold when memory was still returned.
 
 The memory then needs steps that do not overlap: XLA:CPU dispatches asynchronously, so the next
 step's block can be allocated while the previous one is still held, and glibc 2.36 cannot reuse
