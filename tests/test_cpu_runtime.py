@@ -53,6 +53,7 @@ def test_the_readme_documents_exactly_the_settings_the_project_sets():
   documented_flags = set(re.findall(r'`(--xla_cpu_[^`\s]+)`', block))
   assert documented == {f'{k}={v}' for k, v in cpu_runtime.CPU_ENVIRONMENT.items()}
   assert documented_flags == set(cpu_runtime.CPU_XLA_FLAGS)
+  assert set(re.findall(r'`(jax_[a-z_]+)`', block)) == set(cpu_runtime.JAX_CONFIG)
   assert f'`{cpu_runtime.OPT_OUT}=0`' in block
 
 
