@@ -26,6 +26,7 @@ import numpy as np
 from flax import linen as nn
 
 from jdiffrep.models import attention
+from jdiffrep.models import linear
 
 # name -> (depth, hidden_size, num_heads)
 DIT_SIZES: dict[str, tuple[int, int, int]] = {
@@ -124,10 +125,11 @@ def layer_norm_without_affine(dtype: Any, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=dtype, name=name)
 
 
-def _dense(module: nn.Module, features: int, kernel_init, name: str) -> nn.Dense:
-  """A Dense with zero bias in `module`'s compute and parameter dtypes."""
-  return nn.Dense(features, kernel_init=kernel_init, bias_init=_zeros, dtype=module.dtype,
-                  param_dtype=module.param_dtype, name=name)
+def _dense(module: nn.Module, features: int, kernel_init, name: str) -> linear.Linear:
+  """A dense layer (Dense's parameters; `linear.Linear`'s backward pass) with zero bias in
+  `module`'s compute and parameter dtypes."""
+  return linear.Linear(features, kernel_init=kernel_init, bias_init=_zeros, dtype=module.dtype,
+                       param_dtype=module.param_dtype, name=name)
 
 
 # ----------------------------------------------------------------------------- modules
