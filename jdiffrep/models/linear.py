@@ -16,7 +16,7 @@ For the MLP's first layer and the attention's qkv, out is 4x and 3x in. And wher
 a layout change (the attention's gradient, head-major, turned token-major), the autodiff form
 made three copies of it, one per use (dx, dW, db), where this one makes one. In the DiT train
 step on 2 CPU cores (batch 32, 32x32, fp32) the transposed copies went from 35 to 17 at
-XXS/4 and the step took about 20 % less time at XXS/4 and 10 % less at S/2
+XXS/4, and the step took 15-20 % less time at XXS/4 and 10 % less at S/2
 (benchmarks/README.md, "Linear layers' backward pass"). On GPU and TPU the products are the
 same; the result differs from autodiff's only in the rounding of the sums.
 """
