@@ -84,3 +84,33 @@ def test_dit_gives_the_same_eps_with_either_kernel():
   eps = {impl: np.asarray(model.apply(params, x, t)) for impl, model in models.items()}
   assert np.abs(eps['xla']).max() > 0.1
   np.testing.assert_allclose(eps['head_major'], eps['xla'], atol=1e-5, rtol=0)
+
+
+def test_heads_per_chunk_keeps_one_groups_scores_in_the_cache_budget():
+  # DiT-S/2 at 32x32, batch 32: 192 [256, 256] score matrices of 256 KiB -> groups of 8 (2 MiB).
+  assert attention.heads_per_chunk(192, 256) == 8
+  assert attention.heads_per_chunk(128, 64) == 128  # XXS/4: all at once, no loop
+  assert attention.heads_per_chunk(6 * 7, 256) == 7  # the largest divisor within the budget
+  assert attention.heads_per_chunk(5, 1024) == 1  # one matrix alone is over the budget
+
+
+def test_head_major_over_groups_of_heads_equals_all_at_once(monkeypatch):
+  """The loop over groups of heads changes the order of work, not the result."""
+  rng = np.random.default_rng(3)
+  heads, length, head_dim = 4, 32, 16
+  qkv = rng.normal(0, 1.5, (3, length, 3 * heads * head_dim)).astype(np.float32)
+  weights = rng.normal(size=(3, length, heads * head_dim)).astype(np.float32)
+
+  def run():
+    fn = lambda x: attention.self_attention(x, heads, 'head_major')
+    loss = lambda x: jnp.sum(fn(x) * weights)
+    return np.asarray(jax.jit(fn)(qkv)), np.asarray(jax.jit(jax.grad(loss))(qkv))
+
+  out_once, grad_once = run()
+  monkeypatch.setattr(attention, 'SCORES_CACHE_BYTES', 2 * length * length * 4)
+  assert attention.heads_per_chunk(3 * heads, length) == 2  # 6 groups of 2 heads
+  out_groups, grad_groups = run()
+  np.testing.assert_allclose(out_groups, out_once, atol=1e-6, rtol=0)
+  np.testing.assert_allclose(out_groups, _reference(qkv, heads), atol=1e-5, rtol=0)
+  assert np.abs(grad_once).max() > 0.1
+  np.testing.assert_allclose(grad_groups, grad_once, atol=1e-5, rtol=0)
