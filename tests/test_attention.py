@@ -95,7 +95,7 @@ def test_heads_per_chunk_keeps_one_groups_scores_in_the_cache_budget():
 
 
 def test_head_major_over_groups_of_heads_equals_all_at_once(monkeypatch):
-  """The loop over groups of heads changes the order of work, not the result."""
+  """The loop over groups of heads changes the order of work; the result only by rounding."""
   rng = np.random.default_rng(3)
   heads, length, head_dim = 4, 32, 16
   qkv = rng.normal(0, 1.5, (3, length, 3 * heads * head_dim)).astype(np.float32)
