@@ -111,15 +111,20 @@ def heads_per_chunk(num_matrices: int, length: int, itemsize: int = 4) -> int:
   return chunk
 
 
-def _over_head_chunks(fn, chunk: int, *arrays):
-  """fn over groups of `chunk` heads in turn (`lax.map`): arrays [N, ...] -> fn's outputs [N, ...].
+def _over_head_chunks(fn, *arrays):
+  """fn over groups of heads in turn (`lax.map`): arrays [N, L, ...] -> fn's outputs [N, ...].
+
+  The group size is `heads_per_chunk` of the first array's N and L (q's, at its accumulation
+  precision), so the forward
+  and the backward pass group the heads alike.
 
   One group's scores, probabilities and their gradients are made and used while they are in
   the cache, instead of each [N, L, L] tensor going through memory between ops (XLA:CPU runs
   one op at a time, and these batched products on one core). DiT-S/2 step, batch 32, on 2
   cores: 8.01 -> 7.72 s (benchmarks/README.md, "Attention over groups of heads").
   """
-  num = arrays[0].shape[0]
+  num, length = arrays[0].shape[:2]
+  chunk = heads_per_chunk(num, length, jnp.dtype(_accumulation(arrays[0])).itemsize)
   if chunk >= num:
     return fn(*arrays)
   grouped = tuple(a.reshape(num // chunk, chunk, *a.shape[1:]) for a in arrays)
@@ -136,8 +141,7 @@ def head_major_attention(qkv: jax.Array, num_heads: int) -> jax.Array:
 def _head_major_forward(qkv, num_heads):
   batch, length, width = qkv.shape
   q, k, v = _split_heads(qkv.reshape(batch, length, 3, width // 3), num_heads)
-  chunk = heads_per_chunk(q.shape[0], length, jnp.dtype(_accumulation(q)).itemsize)
-  out, log_sum_exp = _over_head_chunks(_softmax_forward, chunk, q, k, v)
+  out, log_sum_exp = _over_head_chunks(_softmax_forward, q, k, v)
   return _merge_heads(out[None], batch), (q, k, v, out, log_sum_exp)
 
 
@@ -150,9 +154,7 @@ def _head_major_backward(num_heads, residuals, d_out):
   """
   batch, length, width = d_out.shape
   d_out = _split_heads(d_out.reshape(batch, length, 1, width), num_heads)[0]
-  q = residuals[0]
-  chunk = heads_per_chunk(q.shape[0], length, jnp.dtype(_accumulation(q)).itemsize)
-  grads = _over_head_chunks(lambda *group: _softmax_backward(group[:5], group[5]), chunk,
+  grads = _over_head_chunks(lambda *group: _softmax_backward(group[:5], group[5]),
                             *residuals, d_out)
   return (_merge_heads(jnp.stack(grads), batch),)
 
