@@ -115,8 +115,7 @@ def _over_head_chunks(fn, *arrays):
   """fn over groups of heads in turn (`lax.map`): arrays [N, L, ...] -> fn's outputs [N, ...].
 
   The group size is `heads_per_chunk` of the first array's N and L (q's, at its accumulation
-  precision), so the forward
-  and the backward pass group the heads alike.
+  precision), so the forward and the backward pass group the heads alike.
 
   One group's scores, probabilities and their gradients are made and used while they are in
   the cache, instead of each [N, L, L] tensor going through memory between ops (XLA:CPU runs
