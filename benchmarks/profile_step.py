@@ -15,6 +15,9 @@ its HLO instruction) and sums each op's time:
             transposes cost most.
 
 Ops can overlap on the worker threads, so the per-op total may differ from the wall time.
+Like `benchmarks.throughput`, it first waits (at most `--idle_wait` seconds) for the 1-minute
+load to fall below `--idle_load_per_core` per usable core, and marks the row `busy` (with its
+reasons) on CPU when it did not.
 Appends one JSON row (command, commit, host, step seconds, both tables) to `--profile_out`;
 `--trace_copy=FILE` keeps the raw trace too.
 """
@@ -37,6 +40,7 @@ from absl import app
 from absl import flags
 
 from benchmarks import provenance
+from benchmarks import records
 from jdiffrep import cpu_runtime
 
 _STEPS = flags.DEFINE_integer('profile_steps', 1, 'Steps traced.', lower_bound=1)
@@ -119,6 +123,10 @@ def main(argv) -> None:
   # pylint: disable=g-import-not-at-top,protected-access
   from benchmarks import throughput
   given = flags.FLAGS  # throughput's flags: the step it times, built the same way
+  # Waits for an idle machine as throughput does (--idle_wait, --idle_load_per_core): a profile
+  # taken under another job's load attributes that job's slowdown to the step's ops.
+  load_start, waited = records.wait_for_idle(given.idle_load_per_core * provenance.cores(),
+                                             given.idle_wait)
   step = throughput.OursDiTStep(throughput._random_batch(given.batch, given.resolution),
                                 throughput._config())
   step.run(given.warmup)
@@ -136,11 +144,18 @@ def main(argv) -> None:
   row = {'date': provenance.utc_now(),
          'command': 'python -m benchmarks.profile_step ' + shlex.join(sys.argv[1:]),
          'commit': provenance.commit(), 'host': provenance.host(), 'platform': device.platform,
-         'load_avg_start': round(os.getloadavg()[0], 2), 'versions': provenance.versions(),
+         'load_avg_start': load_start, 'idle_wait_seconds': waited,
+         'versions': provenance.versions(),
          'xla_flags': os.environ['XLA_FLAGS'], 'model': given.model,
          'resolution': given.resolution, 'batch': given.batch, 'dtype': given.dtype,
          'attention': given.attention,
          'steps': _STEPS.value, 'step_seconds': round(seconds / _STEPS.value, 3), **summary}
+  row['busy_reasons'] = records.busy_reasons(load_start, provenance.cores(),
+                                             load_per_core=given.idle_load_per_core,
+                                             cpu=device.platform == 'cpu')
+  row['busy'] = bool(row['busy_reasons'])
+  if row['busy']:
+    print('BUSY: ' + '; '.join(row['busy_reasons']) + ' (the shares below are not to be trusted)')
   print(f'{seconds / _STEPS.value:.3f} s per traced step; XLA ops {summary["ops_ms"]:.0f} ms '
         f'over {_STEPS.value} step(s)')
   for item in summary['by_kind'][:10]:

@@ -279,7 +279,9 @@ def test_profile_step_traces_a_real_step(tmp_path):
   trace = tmp_path / 'trace.json.gz'
   subprocess.run([sys.executable, '-m', 'benchmarks.profile_step', '--model=XXS/4',
                   '--resolution=8', '--batch=2', '--warmup=1', f'--profile_out={out}',
-                  f'--trace_copy={trace}'],
+                  f'--trace_copy={trace}',
+                  # No load is below 0 per core: the run may not wait, and must say it was busy.
+                  '--idle_wait=0', '--idle_load_per_core=0'],
                  check=True, capture_output=True, text=True,
                  cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   row = json.loads(out.read_text())
@@ -288,6 +290,8 @@ def test_profile_step_traces_a_real_step(tmp_path):
   assert any(kind.startswith(('ynn', 'dot', 'xnn', 'onednn')) for kind in kinds), kinds
   assert 0 < row['ops_ms'] and 0 < row['step_seconds']
   assert row['model'] == 'XXS/4' and row['batch'] == 2
+  assert row['idle_wait_seconds'] == 0 and row['busy'] is True
+  assert 'load' in row['busy_reasons'][0], row['busy_reasons']
   # The raw trace is kept, and it holds the ops the row sums.
   import gzip
   from benchmarks import profile_step
