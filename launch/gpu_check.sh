@@ -61,7 +61,7 @@ bench=("$python" -m benchmarks.throughput --note=gpu_check --idle_wait=0)  # dev
 step dit-b2-bf16 "${bench[@]}" --bench=dit --model=B/2 --resolution=32 --batch=256 --dtype=bfloat16 \
   --attention=cudnn --peer_compile --steps=20 --repeats=5
 step profile-dit-b2 "$python" -m benchmarks.profile_step --model=B/2 --resolution=32 --batch=256 \
-  --dtype=bfloat16 --attention=cudnn
+  --dtype=bfloat16 --attention=cudnn --idle_wait=0
 step diti-celeba64 "${bench[@]}" --bench=diti --model=B/4 --resolution=64 --batch=128 \
   --dtype=bfloat16 --attention=cudnn --peer=none --steps=20 --repeats=3
 step sdae-celeba64 "${bench[@]}" --bench=sdae --model=B/4 --resolution=64 --batch=128 \
