@@ -52,9 +52,10 @@ _BATCH = flags.DEFINE_integer('batch', 32, 'Global batch size.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
                            'Compute dtype (params stay float32; the peer uses bf16 autocast).')
 _ATTENTION = flags.DEFINE_enum(
-    'attention', 'auto', ['auto', 'xla', 'cudnn', 'head_major'],
-    "Our attention kernel (jdiffrep.models.attention): 'auto' is 'head_major' on CPU and XLA's "
-    "jax.nn.dot_product_attention elsewhere; 'cudnn': GPU only.")
+    'attention', 'auto', ['auto', 'xla', 'cudnn', 'head_major', 'cpu_fused'],
+    "Our attention kernel (jdiffrep.models.attention): 'auto' is 'cpu_fused' on CPU in float32 "
+    "(else 'head_major') and XLA's jax.nn.dot_product_attention elsewhere; 'cudnn': GPU only. "
+    "Rows record the kernel 'auto' stood for as attention_kernel.")
 _PEER = flags.DEFINE_enum('peer', 'diffusers', ['diffusers', 'none'], 'The peer to compare with.')
 _PEER_COMPILE = flags.DEFINE_bool('peer_compile', False, 'torch.compile the peer model.')
 _PEER_PROCESS = flags.DEFINE_enum(
@@ -121,6 +122,12 @@ def _peak_device_memory_bytes() -> int | None:
   import jax  # pylint: disable=g-import-not-at-top
   stats = jax.devices()[0].memory_stats() or {}
   return stats.get('peak_bytes_in_use')
+
+
+def _kernel() -> str:
+  """The attention kernel --attention stands for here (--dtype's activations)."""
+  from jdiffrep.models import attention  # pylint: disable=g-import-not-at-top
+  return attention.resolve(_ATTENTION.value, dtype=_DTYPE.value)
 
 
 def _record(bench: str, fields: dict) -> dict:
@@ -319,7 +326,8 @@ def bench_dit() -> dict:
   return _record('dit', {
       'model': _MODEL.value, 'resolution': _RESOLUTION.value, 'batch': _BATCH.value,
       'tokens': (_RESOLUTION.value // dit.parse_model_name(_MODEL.value)[3]) ** 2,
-      'dtype': _DTYPE.value, 'attention': _ATTENTION.value, 'side': _SIDE.value,
+      'dtype': _DTYPE.value, 'attention': _ATTENTION.value, 'attention_kernel': _kernel(),
+      'side': _SIDE.value,
       'steps': _STEPS.value, 'repeats': _REPEATS.value,
       'xla_threads': 'default (one per usable core)',
       'process_peak_rss_bytes': provenance.peak_rss_bytes(),
@@ -378,7 +386,8 @@ def bench_method(method_name: str) -> dict:
   result['peak_device_memory_bytes'] = _peak_device_memory_bytes()
   return _record(method_name, {
       'model': _MODEL.value, 'resolution': _RESOLUTION.value, 'batch': _BATCH.value,
-      'dtype': _DTYPE.value, 'attention': _ATTENTION.value, 'steps': _STEPS.value,
+      'dtype': _DTYPE.value, 'attention': _ATTENTION.value, 'attention_kernel': _kernel(),
+      'steps': _STEPS.value,
       'repeats': _REPEATS.value, 'num_params': train.count_params(state.params),
       'compile_seconds': round(compile_seconds, 2), 'xla_flops_per_step': train.xla_flops(compiled),
       'jdiffrep': result})

@@ -39,7 +39,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = 'XS/4'  # DiT size / patch, see jdiffrep.models.dit.DIT_SIZES
   config.model.dtype = 'float32'  # activations; parameters are always float32
-  # 'auto' (head_major on CPU, XLA elsewhere), 'xla', 'cudnn' (GPU), 'head_major': models/attention.py
+  # 'auto' (cpu_fused or head_major on CPU, XLA elsewhere), 'xla', 'cudnn' (GPU), 'head_major',
+  # 'cpu_fused' (C++ kernel, float32, CPU): models/attention.py
   config.model.attention_impl = 'auto'
 
   config.diffusion = ml_collections.ConfigDict()

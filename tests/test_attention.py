@@ -1,5 +1,6 @@
 """The attention kernels: head_major equals jax.nn.dot_product_attention and a float64 reference
-(values and gradients), 'auto' picks per platform, bad names are refused."""
+(values and gradients), 'auto' picks per platform and dtype, bad names are refused. The fused
+CPU kernel has its own tests (tests/test_cpu_attention.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -58,9 +59,11 @@ def test_head_major_gradient_matches_float64_finite_differences():
       _reference(qkv, 2), atol=1e-5)
 
 
-def test_auto_picks_head_major_on_cpu_and_xla_elsewhere_and_bad_names_are_refused():
-  assert attention.resolve('auto', 'cpu') == 'head_major'
-  assert attention.resolve(None, 'cpu') == 'head_major'
+def test_auto_picks_the_fused_kernel_on_cpu_and_xla_elsewhere_and_bad_names_are_refused():
+  assert attention.resolve('auto', 'cpu') == 'cpu_fused'  # this machine has a C++ compiler
+  assert attention.resolve(None, 'cpu') == 'cpu_fused'
+  assert attention.resolve('auto', 'cpu', jnp.bfloat16) == 'head_major'  # the kernel is float32
+  assert attention.resolve('auto', 'cpu', jnp.float64) == 'head_major'
   assert attention.resolve('auto', 'gpu') == 'xla'
   assert attention.resolve('auto', 'tpu') == 'xla'
   assert attention.resolve('cudnn', 'gpu') == 'cudnn'

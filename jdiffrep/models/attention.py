@@ -8,7 +8,14 @@
                fit in the cache (`heads_per_chunk`). On XLA:CPU this runs the batched products on
                contiguous per-head matrices (no strided head axis, fewer transposes around
                each dot) and saves one L x L tensor per layer for the backward pass.
-  'auto'       'head_major' on CPU, 'xla' elsewhere (GPU/TPU keep jax.nn.dot_product_attention).
+  'cpu_fused'  a fused C++ kernel for XLA:CPU (`cpu_attention.cc`, called through XLA's FFI,
+               float32): one work item per (batch, head) over XLA's intra-op threads, q, k and v
+               read straight from qkv and the result written straight to [B, L, H * Dh] (no
+               head split/merge transposes), scores kept per block of 64 query rows in the
+               cache; the backward pass recomputes the probabilities from the row log-sum-exp.
+               Compiled at first use with the host's C++ compiler (`cpu_attention.py`).
+  'auto'       on CPU 'cpu_fused' for float32 when the kernel builds (else 'head_major', with a
+               warning that says why); 'xla' elsewhere (GPU/TPU keep jax.nn.dot_product_attention).
 
 All take the fused projection qkv: [B, L, 3 * H * Dh], ordered (3, H, Dh) per token as DiT's
 `attn.qkv`, and return [B, L, H * Dh].
@@ -19,21 +26,38 @@ from __future__ import annotations
 import functools
 import math
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 
-ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'head_major')
+from jdiffrep.models import cpu_attention
+
+ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'head_major', 'cpu_fused')
 
 
-def resolve(impl: str | None, backend: str | None = None) -> str:
-  """The kernel `impl` stands for on `backend` (default: JAX's default backend)."""
+def resolve(impl: str | None, backend: str | None = None, dtype=jnp.float32) -> str:
+  """The kernel `impl` stands for on `backend` (default: JAX's default backend) for activations
+  of `dtype`."""
   impl = impl or 'auto'
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f'Unknown attention_impl {impl!r}; valid: {list(ATTENTION_IMPLS)} '
-                     "('auto' picks 'head_major' on CPU and 'xla' elsewhere).")
-  if impl == 'auto':
-    return 'head_major' if (backend or jax.default_backend()) == 'cpu' else 'xla'
-  return impl
+                     "('auto' picks 'cpu_fused' or 'head_major' on CPU and 'xla' elsewhere).")
+  if impl != 'auto':
+    return impl
+  if (backend or jax.default_backend()) != 'cpu':
+    return 'xla'
+  if jnp.dtype(dtype) != jnp.float32:
+    return 'head_major'
+  return 'cpu_fused' if _cpu_fused_available() else 'head_major'
+
+
+@functools.cache
+def _cpu_fused_available() -> bool:
+  reason = cpu_attention.unavailable_reason()
+  if reason is not None:
+    logging.warning("attention_impl='auto' uses 'head_major' on CPU: the fused kernel is "
+                    'unavailable (%s).', reason)
+  return reason is None
 
 
 def _accumulation(x: jax.Array) -> jnp.dtype:
@@ -173,7 +197,9 @@ def library_attention(qkv: jax.Array, num_heads: int, implementation: str | None
 
 def self_attention(qkv: jax.Array, num_heads: int, impl: str | None = 'auto') -> jax.Array:
   """Dispatch on `impl` (see the module docstring). qkv: [B, L, 3*D] -> [B, L, D]."""
-  impl = resolve(impl)
+  impl = resolve(impl, dtype=qkv.dtype)
+  if impl == 'cpu_fused':
+    return cpu_attention.fused_attention(qkv, num_heads)
   if impl == 'head_major':
     return head_major_attention(qkv, num_heads)
   return library_attention(qkv, num_heads, None if impl == 'xla' else impl)

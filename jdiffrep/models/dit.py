@@ -281,7 +281,7 @@ class DiT(nn.Module):
 
   Params live in `param_dtype`; activations are computed in `dtype`; the output is float32.
   `attention_impl` picks the attention kernel (`jdiffrep.models.attention`: None/'auto' is
-  'head_major' on CPU and XLA's elsewhere; 'xla'; 'cudnn' on GPU). `num_classes` adds DiT's class-label embedding (then
+  'cpu_fused' (float32) or 'head_major' on CPU and XLA's elsewhere; 'xla'; 'cudnn' on GPU). `num_classes` adds DiT's class-label embedding (then
   `labels` are required); `time_frequency_shift` is 1 for weights from diffusers (see
   `timestep_embedding`).
   """
