@@ -67,6 +67,8 @@ def test_auto_picks_the_fused_kernel_on_cpu_and_xla_elsewhere_and_bad_names_are_
   assert attention.resolve('auto', 'gpu') == 'xla'
   assert attention.resolve('auto', 'tpu') == 'xla'
   assert attention.resolve('cudnn', 'gpu') == 'cudnn'
+  with pytest.raises(ValueError, match="CPU only.*gpu"):
+    attention.resolve('cpu_fused', 'gpu')
   with pytest.raises(ValueError, match="'flash'.*'head_major'"):
     attention.resolve('flash')
   config = config_lib.base_config()
@@ -75,18 +77,19 @@ def test_auto_picks_the_fused_kernel_on_cpu_and_xla_elsewhere_and_bad_names_are_
     config_lib.validate_config(config)
 
 
-def test_dit_gives_the_same_eps_with_either_kernel():
+@pytest.mark.parametrize('impl', ['head_major', 'cpu_fused'])
+def test_dit_gives_the_same_eps_with_either_kernel(impl):
   rng = np.random.default_rng(1)
   x = rng.normal(size=(2, 16, 16, 3)).astype(np.float32)
   t = np.array([3, 700])
-  models = {impl: dit.dit_from_name('XXS/4', attention_impl=impl) for impl in ('head_major', 'xla')}
+  models = {name: dit.dit_from_name('XXS/4', attention_impl=name) for name in (impl, 'xla')}
   params = models['xla'].init(jax.random.PRNGKey(0), x, t)
   # adaLN-Zero starts every block as the identity: perturb the weights so attention matters.
   params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
                         params)
   eps = {impl: np.asarray(model.apply(params, x, t)) for impl, model in models.items()}
   assert np.abs(eps['xla']).max() > 0.1
-  np.testing.assert_allclose(eps['head_major'], eps['xla'], atol=1e-5, rtol=0)
+  np.testing.assert_allclose(eps[impl], eps['xla'], atol=1e-5, rtol=0)
 
 
 def test_heads_per_chunk_keeps_one_groups_scores_in_the_cache_budget():

@@ -1,6 +1,7 @@
 """The fused CPU attention kernel (jdiffrep/models/cpu_attention.cc): values and gradients equal
-jax.nn.dot_product_attention and a float64 reference within 1e-5, in a DiT, under vmap and over
-two devices; the build is cached, and without a compiler 'auto' falls back with the reason."""
+jax.nn.dot_product_attention and a float64 reference within 1e-5, under vmap and over two
+devices (inside a DiT: tests/test_attention.py); the build is cached, and without a compiler
+'auto' falls back with the reason."""
 
 import os
 import subprocess
@@ -13,7 +14,6 @@ import pytest
 
 from jdiffrep.models import attention
 from jdiffrep.models import cpu_attention
-from jdiffrep.models import dit
 from tests.test_attention import _reference
 
 
@@ -53,19 +53,6 @@ def test_large_scores_do_not_overflow():
                          - reference).max() for impl in ('cpu_fused', 'xla')}
   assert np.isfinite(errors['cpu_fused'])
   assert errors['cpu_fused'] <= errors['xla'] + 1e-6 and errors['cpu_fused'] < 1e-4
-
-
-def test_dit_gives_the_same_eps_with_the_fused_kernel():
-  rng = np.random.default_rng(1)
-  x = rng.normal(size=(2, 16, 16, 3)).astype(np.float32)
-  t = np.array([3, 700])
-  models = {impl: dit.dit_from_name('XXS/4', attention_impl=impl) for impl in ('cpu_fused', 'xla')}
-  params = models['xla'].init(jax.random.PRNGKey(0), x, t)
-  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
-                        params)
-  eps = {impl: np.asarray(model.apply(params, x, t)) for impl, model in models.items()}
-  assert np.abs(eps['xla']).max() > 0.1
-  np.testing.assert_allclose(eps['cpu_fused'], eps['xla'], atol=1e-5, rtol=0)
 
 
 def test_vmap_and_two_device_sharding_give_the_same_result():

@@ -42,9 +42,13 @@ def resolve(impl: str | None, backend: str | None = None, dtype=jnp.float32) -> 
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f'Unknown attention_impl {impl!r}; valid: {list(ATTENTION_IMPLS)} '
                      "('auto' picks 'cpu_fused' or 'head_major' on CPU and 'xla' elsewhere).")
+  backend = backend or jax.default_backend()
+  if impl == 'cpu_fused' and backend != 'cpu':
+    raise ValueError(f"attention_impl='cpu_fused' runs on CPU only (the backend is {backend}); "
+                     "use 'auto' (XLA's attention here) or 'cudnn' on GPU.")
   if impl != 'auto':
     return impl
-  if (backend or jax.default_backend()) != 'cpu':
+  if backend != 'cpu':
     return 'xla'
   if jnp.dtype(dtype) != jnp.float32:
     return 'head_major'
