@@ -7,8 +7,8 @@ log-sum-exp [B, H, L]).
 The shared library is compiled once per source, jaxlib version, compiler and CPU (the kernel is
 built with -march=native) into `$JDIFFREP_CACHE_DIR` (default `~/.cache/jdiffrep`), written
 under a temporary name and renamed, so processes that build at once (pytest -n 2) do not see a
-half-written file. Without a C++ compiler (`$CXX`, else `c++`) `available()` is False with the
-reason, and `attention_impl='auto'` falls back to 'head_major'.
+half-written file. Without a C++ compiler (`$CXX`, else `c++`) `unavailable_reason()` says so,
+and `attention_impl='auto'` falls back to 'head_major'.
 """
 
 from __future__ import annotations
@@ -77,8 +77,9 @@ def build(compiler: str) -> pathlib.Path:
 
 
 @functools.cache
-def _load() -> str | None:
-  """Builds and registers the FFI targets once per process; None, or why it could not."""
+def unavailable_reason() -> str | None:
+  """Builds and registers the FFI targets once per process: None when done, otherwise why not
+  (e.g. no compiler, or the compiler's error)."""
   if not hasattr(jax, 'ffi'):
     return f'jax {jax.__version__} has no jax.ffi'
   if not SOURCE.exists():
@@ -96,15 +97,6 @@ def _load() -> str | None:
   jax.ffi.register_ffi_target(BACKWARD_TARGET, jax.ffi.pycapsule(library.JdiffrepCpuAttentionBackward),
                               platform='cpu')
   return None
-
-
-def unavailable_reason() -> str | None:
-  """None when the kernel is built and registered; otherwise why not (e.g. the compiler's error)."""
-  return _load()
-
-
-def available() -> bool:
-  return unavailable_reason() is None
 
 
 def _require(qkv: jax.Array, num_heads: int) -> None:
