@@ -45,12 +45,13 @@ def get_config(arg: str | None = None):
   config.diti.encoder_attention_resolution = 8  # the official place (after stage 2) at 32x32
   # Sized to keep the 5-stage pipeline under 20 minutes on 2 cores. The time the fused CPU
   # attention won (2026-12-05) went to DiTi, whose probe rises fastest per step (d = 256: test
-  # mAP ~0.77 at 1,000 steps, 0.81 at 2,000, 0.89 at 4,000) and to sdae; the representations
-  # keep improving to 10k steps and beyond (configs/shapes_long.py; benchmarks/README.md).
+  # mAP 0.77 at 1,000 steps, 0.81 at 2,000, 0.89 at 4,000); DiTi 2,000 / PDAE 1,000 / sdae 800
+  # took 20 min 35 s on a 2-core Xeon, hence 1,500 / 800 / 700. The representations keep
+  # improving to 10k steps and beyond (configs/shapes_long.py; benchmarks/README.md).
   config.stage_overrides = {
-      'diti': {'num_train_steps': 2000, 'optim': {'ema_decay': 0.99}},
-      'pdae': {'num_train_steps': 1000, 'optim': {'ema_decay': 0.99}},
-      'sdae': {'num_train_steps': 800, 'optim': {'ema_decay': 0.99}},
+      'diti': {'num_train_steps': 1500, 'optim': {'ema_decay': 0.99}},
+      'pdae': {'num_train_steps': 800, 'optim': {'ema_decay': 0.99}},
+      'sdae': {'num_train_steps': 700, 'optim': {'ema_decay': 0.99}},
       # The SSL baselines are not in the default pipeline (configs/shapes_long.py has them);
       # `--config.pipeline=ddpm,diti,pdae,sdae,simclr,simsiam,evaluate` adds them here.
       'simclr': {'num_train_steps': 700, 'optim': {'ema_decay': 0.99}},
