@@ -256,20 +256,90 @@ def test_profile_step_sums_xla_ops_by_kind_and_shape():
          '  ROOT %copy_bitcast_fusion = f32[4,8]{1,0} fusion(%ynn_fusion.3), kind=kLoop\n')
   shapes = profile_step.output_shapes(hlo)
   assert shapes == {'ynn_fusion.3': 'f32[8,4]{1,0}', 'copy_bitcast_fusion': 'f32[4,8]{1,0}'}
-  events = [{'ph': 'X', 'name': 'ynn_fusion.3', 'dur': 3000},
-            {'ph': 'X', 'name': 'ynn_fusion.3', 'dur': 1000},
-            {'ph': 'X', 'name': 'copy_bitcast_fusion', 'dur': 500},
-            {'ph': 'X', 'name': 'ThunkExecutor::Execute', 'dur': 9000},  # not an op: left out
-            {'ph': 'i', 'name': 'ynn_fusion.3'},  # not a complete event: left out
+  events = [{'ph': 'X', 'name': 'ynn_fusion.3', 'ts': 0, 'dur': 3000},
+            {'ph': 'X', 'name': 'ynn_fusion.3', 'ts': 1000, 'dur': 1000},  # overlaps the first
+            {'ph': 'X', 'name': 'copy_bitcast_fusion', 'ts': 5000, 'dur': 500},
+            {'ph': 'X', 'name': 'ThunkExecutor::Execute', 'ts': 0, 'dur': 9000},  # not an op
+            {'ph': 'i', 'name': 'ynn_fusion.3', 'ts': 0},  # not a complete event: left out
             # A GPU kernel is named after itself and names its instruction in args.hlo_op.
-            {'ph': 'X', 'name': 'sm90_xmma_gemm_bf16', 'dur': 250,
+            {'ph': 'X', 'name': 'sm90_xmma_gemm_bf16', 'ts': 6000, 'dur': 250,
              'args': {'hlo_op': 'copy_bitcast_fusion'}}]
   summary = profile_step.summarise(events, shapes, top=5)
   assert summary['ops_ms'] == 4.8
+  # Ops ran during [0, 3000) + [5000, 5500) + [6000, 6250) us, from 0 to 6250 us.
+  assert summary['busy_ms'] == 3.8 and summary['span_ms'] == 6.2
   assert summary['by_kind'] == [{'kind': 'ynn_fusion', 'ms': 4.0, 'calls': 2},
                                 {'kind': 'copy_bitcast_fusion', 'ms': 0.8, 'calls': 2}]
   assert summary['by_shape'][0] == {'kind': 'ynn_fusion', 'shape': 'f32[8,4]{1,0}', 'ms': 4.0,
                                     'calls': 2, 'ms_per_call': 2.0}
+
+
+def _gpu_style_trace() -> list[dict]:
+  """A GPU trace as jax.profiler writes one: the device's kernels, and the host's launches of
+  the same instructions (named after them, lasting as long as the launch)."""
+  return [{'ph': 'M', 'name': 'process_name', 'pid': 1, 'args': {'name': '/device:GPU:0'}},
+          {'ph': 'M', 'name': 'process_name', 'pid': 701, 'args': {'name': '/host:CPU'}},
+          {'ph': 'X', 'pid': 1, 'ts': 100, 'dur': 2000, 'name': 'nvjet_sm90_tst_128x160',
+           'args': {'hlo_op': 'custom-call.5'}},
+          {'ph': 'X', 'pid': 1, 'ts': 2100, 'dur': 500, 'name': 'loop_add_fusion',
+           'args': {'hlo_op': 'loop_add_fusion.2'}},
+          {'ph': 'X', 'pid': 1, 'ts': 2600, 'dur': 10, 'name': 'Memset 3',
+           'args': {'hlo_op': 'custom-call.5'}},
+          {'ph': 'X', 'pid': 1, 'ts': 3000, 'dur': 70, 'name': 'some_kernel'},  # not XLA's
+          {'ph': 'X', 'pid': 701, 'ts': 0, 'dur': 300, 'name': 'custom-call.5'},
+          {'ph': 'X', 'pid': 701, 'ts': 300, 'dur': 200, 'name': 'loop_add_fusion.2'}]
+
+
+def test_profile_step_counts_only_device_events_on_an_accelerator():
+  from benchmarks import profile_step
+  events = _gpu_style_trace()
+  assert profile_step.device_pids(events) == {1}
+  assert profile_step.trace_platform(events) == 'gpu'
+  shapes = {'custom-call.5': '(bf16[64,32]{1,0}, s8[0]{0})', 'loop_add_fusion.2': 'bf16[64,32]'}
+  summary = profile_step.summarise(events, shapes, top=5)
+  # The host's launch events (0.5 ms) are not kernel time.
+  assert summary['by_kind'] == [{'kind': 'custom-call', 'ms': 2.0, 'calls': 2},
+                                {'kind': 'loop_add_fusion', 'ms': 0.5, 'calls': 1}]
+  assert summary['ops_ms'] == 2.5 and summary['span_ms'] == 2.5
+  # Without the HLO, every device event that names its instruction counts, with no shapes.
+  unshaped = profile_step.summarise(events, None, top=5)
+  assert unshaped['by_kind'] == summary['by_kind'] and unshaped['by_shape'] == []
+  assert profile_step.trace_platform(events[2:]) == 'cpu'  # no device process
+
+
+def test_profile_step_sums_a_kept_trace_again(tmp_path):
+  import gzip
+  import json
+  import os
+  import subprocess
+  import sys
+  from benchmarks import profile_step
+  trace = tmp_path / 'gpu_trace.json.gz'
+  with gzip.open(trace, 'wt') as f:
+    json.dump({'traceEvents': _gpu_style_trace()}, f)
+  assert profile_step.hlo_copy_path(str(trace)) == str(tmp_path / 'gpu_trace.hlo.txt.gz')
+  out = tmp_path / 'profile.jsonl'
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def summed_again():
+    subprocess.run([sys.executable, '-m', 'benchmarks.profile_step', f'--from_trace={trace}',
+                    f'--profile_out={out}'], check=True, capture_output=True, text=True, cwd=root)
+    return json.loads(out.read_text().splitlines()[-1])
+
+  row = summed_again()
+  assert row['platform'] == 'gpu' and row['source_trace'] == str(trace)
+  assert row['shapes_known'] is False and row['ops_ms'] == 2.5 and row['by_shape'] == []
+  with gzip.open(profile_step.hlo_copy_path(str(trace)), 'wt') as f:
+    f.write('  %custom-call.5 = (bf16[64,32]{1,0}, s8[0]{0}) custom-call(%a)\n'
+            '  ROOT %loop_add_fusion.2 = bf16[64,32]{1,0} fusion(%custom-call.5)\n')
+  row = summed_again()
+  assert row['shapes_known'] is True
+  assert [(item['kind'], item['shape'], item['ms']) for item in row['by_shape']] == [
+      ('custom-call', '(bf16[64,32]{1,0},', 2.0), ('loop_add_fusion', 'bf16[64,32]{1,0}', 0.5)]
+  missing = subprocess.run([sys.executable, '-m', 'benchmarks.profile_step',
+                            f'--from_trace={tmp_path / "absent.json.gz"}', '--profile_out=-'],
+                           capture_output=True, text=True, cwd=root)
+  assert missing.returncode != 0 and 'no such file' in missing.stderr
 
 
 def test_profile_step_traces_a_real_step(tmp_path):
@@ -300,6 +370,15 @@ def test_profile_step_traces_a_real_step(tmp_path):
   with gzip.open(trace, 'rt') as raw:
     traced = {profile_step.op_kind(event.get('name', '')) for event in json.load(raw)['traceEvents']}
   assert kinds <= traced, kinds - traced
+  # So is the step's HLO, and the kept trace summed again gives the row's tables.
+  again = tmp_path / 'again.jsonl'
+  subprocess.run([sys.executable, '-m', 'benchmarks.profile_step', f'--from_trace={trace}',
+                  f'--profile_out={again}'], check=True, capture_output=True, text=True,
+                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  summed = json.loads(again.read_text())
+  assert summed['shapes_known'] is True and summed['platform'] == 'cpu'
+  for key in ('ops_ms', 'busy_ms', 'span_ms', 'by_kind', 'by_shape'):
+    assert summed[key] == row[key], key
 
 
 def test_compile_memory_records_each_stage_as_compile_only_reports_it(tmp_path):
