@@ -18,7 +18,7 @@
 #       torch.compile and bf16 autocast; DiTi and sdae steps at CelebA size (64x64, B/4, batch
 #       128, bf16) with peak device memory;
 #       and where the DiT-B/2 step's time goes (benchmarks.profile_step: a jax.profiler trace
-#       summed by HLO op);
+#       summed by HLO op, kept with its HLO in benchmarks/results/);
 #   (d) compiles configs/celeba.py's DiTi and sdae steps at the config's batch and records XLA's
 #       per-device memory (benchmarks.compile_memory: --compile_only, no data needed), then
 #       trains the `shapes` DM for --train-seconds and records its images/s;
@@ -60,8 +60,10 @@ step accelerator-tests "$python" -m pytest -q -rs -m accelerator tests/test_acce
 bench=("$python" -m benchmarks.throughput --note=gpu_check --idle_wait=0)  # device time is scarce
 step dit-b2-bf16 "${bench[@]}" --bench=dit --model=B/2 --resolution=32 --batch=256 --dtype=bfloat16 \
   --attention=cudnn --peer_compile --steps=20 --repeats=5
+# The raw trace and the step's HLO are kept beside the rows (--from_trace sums them again).
 step profile-dit-b2 "$python" -m benchmarks.profile_step --model=B/2 --resolution=32 --batch=256 \
-  --dtype=bfloat16 --attention=cudnn --idle_wait=0
+  --dtype=bfloat16 --attention=cudnn --idle_wait=0 \
+  --trace_copy="benchmarks/results/gpu_trace_dit_b2_$(date -u +%F).json.gz"
 step diti-celeba64 "${bench[@]}" --bench=diti --model=B/4 --resolution=64 --batch=128 \
   --dtype=bfloat16 --attention=cudnn --peer=none --steps=20 --repeats=3
 step sdae-celeba64 "${bench[@]}" --bench=sdae --model=B/4 --resolution=64 --batch=128 \

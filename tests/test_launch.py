@@ -142,6 +142,8 @@ def test_gpu_check_prints_every_step():
   assert (dit['dtype'], dit['attention'], dit['peer_compile']) == ('bfloat16', 'cudnn', True)
   profile = _flags(steps['profile-dit-b2'])  # the same step as dit-b2-bf16, traced
   assert steps['profile-dit-b2'][1:3] == ['-m', 'benchmarks.profile_step']
+  kept = profile['trace_copy']  # the raw trace (and its HLO beside it) comes back with the rows
+  assert kept.startswith('benchmarks/results/gpu_trace_dit_b2_') and kept.endswith('.json.gz')
   for name in ('dit-b2-bf16', 'profile-dit-b2', 'diti-celeba64', 'sdae-celeba64'):
     assert _flags(steps[name])['idle_wait'] == '0', name  # device time is not spent waiting
   assert {key: profile[key] for key in ('model', 'resolution', 'batch', 'dtype', 'attention')} == {
