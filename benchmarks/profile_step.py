@@ -91,12 +91,12 @@ def event_op(event: dict) -> str:
   return event.get('args', {}).get('hlo_op') or event.get('name', '')
 
 
-def device_pids(events: list[dict]) -> set[int]:
-  """The trace's accelerator processes ('/device:GPU:0', '/device:TPU:0'): where kernels run.
-  Empty for a CPU trace, whose ops run on the host's threads."""
-  return {event['pid'] for event in events
-          if event.get('ph') == 'M' and event.get('name') == 'process_name'
-          and str(event.get('args', {}).get('name', '')).startswith('/device:')}
+def device_processes(events: list[dict]) -> dict[int, str]:
+  """pid -> name of the trace's accelerator processes ('/device:GPU:0', '/device:TPU:0'): where
+  kernels run. Empty for a CPU trace, whose ops run on the host's threads."""
+  names = {event.get('pid'): str(event.get('args', {}).get('name', '')) for event in events
+           if event.get('ph') == 'M' and event.get('name') == 'process_name'}
+  return {pid: name for pid, name in names.items() if name.startswith('/device:')}
 
 
 def busy_ms(intervals: list[tuple[float, float]]) -> float:
@@ -116,7 +116,7 @@ def summarise(events: list[dict], shapes: dict[str, str] | None, top: int) -> di
   trace without its HLO), any device event that names its instruction (`args.hlo_op`), shape
   '?' and no by-shape table. Where the trace has device processes, only their events count.
   """
-  devices = device_pids(events)
+  devices = device_processes(events)
   by_kind, by_shape = collections.Counter(), collections.Counter()
   kind_calls, shape_calls = collections.Counter(), collections.Counter()
   intervals = []
@@ -173,9 +173,7 @@ def hlo_copy_path(trace_copy: str) -> str:
 
 def trace_platform(events: list[dict]) -> str:
   """'gpu' or 'tpu' from a trace's device process ('/device:GPU:0'), 'cpu' without one."""
-  names = [str(event['args']['name']) for event in events
-           if event.get('ph') == 'M' and event.get('name') == 'process_name'
-           and str(event.get('args', {}).get('name', '')).startswith('/device:')]
+  names = sorted(device_processes(events).values())
   return names[0].split(':')[1].lower() if names else 'cpu'
 
 

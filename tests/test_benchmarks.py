@@ -293,7 +293,7 @@ def _gpu_style_trace() -> list[dict]:
 def test_profile_step_counts_only_device_events_on_an_accelerator():
   from benchmarks import profile_step
   events = _gpu_style_trace()
-  assert profile_step.device_pids(events) == {1}
+  assert profile_step.device_processes(events) == {1: '/device:GPU:0'}
   assert profile_step.trace_platform(events) == 'gpu'
   shapes = {'custom-call.5': '(bf16[64,32]{1,0}, s8[0]{0})', 'loop_add_fusion.2': 'bf16[64,32]'}
   summary = profile_step.summarise(events, shapes, top=5)
