@@ -197,9 +197,9 @@ def summarise_kept_trace(trace_path: str, top: int) -> dict:
     raise FileNotFoundError(f'--from_trace={trace_path}: no such file; give a trace kept with '
                             '--trace_copy.')
   events = _trace_events(trace_path)
-  shapes = None
-  if os.path.isfile(hlo_copy_path(trace_path)):
-    with gzip.open(hlo_copy_path(trace_path), 'rt') as hlo:
+  shapes, hlo_path = None, hlo_copy_path(trace_path)
+  if os.path.isfile(hlo_path):
+    with gzip.open(hlo_path, 'rt') as hlo:
       shapes = output_shapes(hlo.read())
   return {'date': provenance.utc_now(), 'command': _command(), 'commit': provenance.commit(),
           'source_trace': trace_path, 'platform': trace_platform(events),

@@ -274,6 +274,16 @@ def test_profile_step_sums_xla_ops_by_kind_and_shape():
                                     'calls': 2, 'ms_per_call': 2.0}
 
 
+def _run_profile_step(*flags: str, check: bool = True):
+  """`python -m benchmarks.profile_step FLAGS` from the repository root, output captured."""
+  import os
+  import subprocess
+  import sys
+  return subprocess.run([sys.executable, '-m', 'benchmarks.profile_step', *flags], check=check,
+                        capture_output=True, text=True,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def _gpu_style_trace() -> list[dict]:
   """A GPU trace as jax.profiler writes one: the device's kernels, and the host's launches of
   the same instructions (named after them, lasting as long as the launch)."""
@@ -310,20 +320,15 @@ def test_profile_step_counts_only_device_events_on_an_accelerator():
 def test_profile_step_sums_a_kept_trace_again(tmp_path):
   import gzip
   import json
-  import os
-  import subprocess
-  import sys
   from benchmarks import profile_step
   trace = tmp_path / 'gpu_trace.json.gz'
   with gzip.open(trace, 'wt') as f:
     json.dump({'traceEvents': _gpu_style_trace()}, f)
   assert profile_step.hlo_copy_path(str(trace)) == str(tmp_path / 'gpu_trace.hlo.txt.gz')
   out = tmp_path / 'profile.jsonl'
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
   def summed_again():
-    subprocess.run([sys.executable, '-m', 'benchmarks.profile_step', f'--from_trace={trace}',
-                    f'--profile_out={out}'], check=True, capture_output=True, text=True, cwd=root)
+    _run_profile_step(f'--from_trace={trace}', f'--profile_out={out}')
     return json.loads(out.read_text().splitlines()[-1])
 
   row = summed_again()
@@ -336,26 +341,19 @@ def test_profile_step_sums_a_kept_trace_again(tmp_path):
   assert row['shapes_known'] is True
   assert [(item['kind'], item['shape'], item['ms']) for item in row['by_shape']] == [
       ('custom-call', '(bf16[64,32]{1,0},', 2.0), ('loop_add_fusion', 'bf16[64,32]{1,0}', 0.5)]
-  missing = subprocess.run([sys.executable, '-m', 'benchmarks.profile_step',
-                            f'--from_trace={tmp_path / "absent.json.gz"}', '--profile_out=-'],
-                           capture_output=True, text=True, cwd=root)
+  missing = _run_profile_step(f'--from_trace={tmp_path / "absent.json.gz"}', '--profile_out=-',
+                              check=False)
   assert missing.returncode != 0 and 'no such file' in missing.stderr
 
 
 def test_profile_step_traces_a_real_step(tmp_path):
   import json
-  import os
-  import subprocess
-  import sys
   out = tmp_path / 'profile.jsonl'
   trace = tmp_path / 'trace.json.gz'
-  subprocess.run([sys.executable, '-m', 'benchmarks.profile_step', '--model=XXS/4',
-                  '--resolution=8', '--batch=2', '--warmup=1', f'--profile_out={out}',
-                  f'--trace_copy={trace}',
-                  # No load is below 0 per core: the run may not wait, and must say it was busy.
-                  '--idle_wait=0', '--idle_load_per_core=0'],
-                 check=True, capture_output=True, text=True,
-                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  _run_profile_step('--model=XXS/4', '--resolution=8', '--batch=2', '--warmup=1',
+                    f'--profile_out={out}', f'--trace_copy={trace}',
+                    # No load is below 0 per core: the run may not wait, and must say it was busy.
+                    '--idle_wait=0', '--idle_load_per_core=0')
   row = json.loads(out.read_text())
   kinds = {item['kind'] for item in row['by_kind']}
   assert any('fusion' in kind for kind in kinds), kinds
@@ -372,9 +370,7 @@ def test_profile_step_traces_a_real_step(tmp_path):
   assert kinds <= traced, kinds - traced
   # So is the step's HLO, and the kept trace summed again gives the row's tables.
   again = tmp_path / 'again.jsonl'
-  subprocess.run([sys.executable, '-m', 'benchmarks.profile_step', f'--from_trace={trace}',
-                  f'--profile_out={again}'], check=True, capture_output=True, text=True,
-                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  _run_profile_step(f'--from_trace={trace}', f'--profile_out={again}')
   summed = json.loads(again.read_text())
   assert summed['shapes_known'] is True and summed['platform'] == 'cpu'
   for key in ('ops_ms', 'busy_ms', 'span_ms', 'by_kind', 'by_shape'):
